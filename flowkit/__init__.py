@@ -1,0 +1,21 @@
+"""flowkit: density estimation with masked autoregressive networks (MADE) in PyTorch."""
+
+from flowkit import masks
+from flowkit.checks import check_autoregressive
+from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE
+from flowkit.made import MADE, ConnectivityWarning
+from flowkit.validation import set_validation, validate
+
+__all__ = [
+    "MADE",
+    "masks",
+    "AutoregressiveDensity",
+    "BernoulliMADE",
+    "CategoricalMADE",
+    "ConnectivityWarning",
+    "check_autoregressive",
+    "set_validation",
+    "validate",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,271 @@
+r"""Autoregressive densities: a MADE and a head, with exact ``log_prob``, sampling and completion."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowkit.engine import autoregressive
+from flowkit.heads import Bernoulli, Categorical, Head
+from flowkit.made import MADE
+from flowkit.validation import check_context
+
+__all__ = ["AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE"]
+
+
+class AutoregressiveDensity(nn.Module):
+    r"""The density :math:`p(x \mid c) = \prod_d p(x_{o_d} \mid x_{o_1}, \dots, x_{o_{d-1}}, c)`
+    of a MADE whose outputs parameterise a head, in the MADE's ordering :math:`o`.
+
+    Each of the MADE's ``R`` mask sets is a complete autoregressive model. ``ensemble=R`` uses the
+    first ``R`` of them as a uniform mixture,
+    :math:`p(x) = \frac{1}{R} \sum_r p_r(x)`, which is a proper density; averaging the networks'
+    outputs instead would not be.
+
+    Arguments:
+        made: the network; ``made.params`` must equal ``head.params`` and
+            ``made.columns_per_feature`` must equal ``head.columns``.
+        head: the conditional family.
+    """
+
+    def __init__(self, made: MADE, head: Head):
+        super().__init__()
+        if made.params != head.params or made.columns_per_feature != head.columns:
+            raise ValueError(
+                f"the head needs params={head.params} and columns_per_feature={head.columns}, "
+                f"the MADE has params={made.params} and columns_per_feature={made.columns_per_feature}"
+            )
+        self.made = made
+        self.head = head
+
+    @property
+    def features(self) -> int:
+        return self.made.features
+
+    @property
+    def context_features(self) -> int:
+        return self.made.context_features
+
+    def log_prob(
+        self, x: Tensor, context: Tensor | None = None, *, ensemble: int | None = None
+    ) -> Tensor:
+        r"""Exact log-likelihood in nats, one value per example.
+
+        Arguments:
+            x: values, ``(*batch, D)``, in the head's support.
+            context: ``(*batch, context_features)``, or ``None`` for an unconditional model.
+            ensemble: score with the first ``ensemble`` mask sets as a uniform mixture,
+                :math:`\log \frac{1}{R} \sum_r p_r(x)` (``logsumexp - log R``); the current mask
+                set alone when ``None``.
+
+        Returns:
+            ``(*batch,)``, broadcast over the batch shapes of ``x`` and ``context``.
+        """
+        x = self._check_x(x)
+        h = self.head.encode(x)
+        if ensemble is None:
+            return self._log_prob(h, x, context, self.made._index)
+        R = self._check_ensemble(ensemble)
+        terms = torch.stack([self._log_prob(h, x, context, r) for r in range(R)])
+        return torch.logsumexp(terms, dim=0) - math.log(R)
+
+    def _log_prob(self, h: Tensor, x: Tensor, context: Tensor | None, mask: int) -> Tensor:
+        params = self.made(h, context, mask=mask)
+        return self.head.log_prob(params, x.expand(*params.shape[:-1])).sum(-1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        sample_shape: int | Sequence[int] = (),
+        context: Tensor | None = None,
+        *,
+        ensemble: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Exact ancestral samples, drawn feature by feature in the model's ordering.
+
+        Arguments:
+            sample_shape: the leading shape of the result; an ``int`` ``n`` means ``(n,)``.
+            context: ``(*batch, context_features)``: one set of samples per context.
+            ensemble: sample from the uniform mixture of the first ``ensemble`` mask sets (each
+                sample picks its mask set at random); the current mask set when ``None``.
+            generator: the source of randomness (on the model's device).
+
+        Returns:
+            ``sample_shape + context.shape[:-1] + (D,)``; floats 0/1 for a Bernoulli head,
+            ``long`` categories for a categorical head.
+        """
+        shape = self._sample_batch(sample_shape, context)
+        context = None if context is None else context.expand(*shape, context.shape[-1])
+        x = self._zeros(shape)
+        nothing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        if ensemble is None:
+            which = torch.full(shape, self.made._index, device=x.device)
+        else:
+            which = torch.randint(self._check_ensemble(ensemble), shape, generator=generator, device=x.device)
+        return self._fill(x, nothing, context, which, generator)
+
+    @torch.no_grad()
+    def complete(
+        self,
+        x: Tensor,
+        observed: Tensor,
+        context: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""Samples the unobserved features of ``x`` given the observed ones.
+
+        Each example is completed with the mask set whose ordering begins with the longest run of
+        its observed features (ties go to the current mask set, then to the lowest index). The
+        features are then visited in that ordering: observed ones keep their values, unobserved
+        ones are drawn from :math:`p(x_{o_k} \mid x_{o_1}, \dots, x_{o_{k-1}})`.
+
+        Exactness: when an example's observed features all come before its unobserved ones in the
+        chosen ordering, its completion is an exact draw from
+        :math:`p(x_\text{unobserved} \mid x_\text{observed})`. Otherwise it is not: an unobserved
+        feature drawn before an observed one ignores that later evidence (the observed value
+        still conditions every feature drawn after it). An order-agnostic model
+        (``order_agnostic=True`` with many mask sets) makes the exact case likelier.
+
+        Arguments:
+            x: ``(*batch, D)``; unobserved entries may hold anything, NaN included.
+            observed: a boolean tensor shaped like ``x``, true where ``x`` is observed.
+            context: ``(*batch, context_features)`` or ``None``.
+            generator: the source of randomness.
+
+        Returns:
+            The completed values, ``(*batch, D)`` (broadcast with the context's batch shape).
+        """
+        if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
+            raise TypeError("expected observed to be a boolean tensor shaped like x")
+        if not isinstance(x, Tensor) or x.shape != observed.shape:
+            raise ValueError(
+                f"expected observed of the shape of x {tuple(getattr(x, 'shape', ()))}, "
+                f"got {tuple(observed.shape)}"
+            )
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        x = self._check_x(torch.where(observed, x, zero))
+        check_context(context, self.context_features, x.shape[:-1])
+        batch = x.shape[:-1] if context is None else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        x, observed = x.expand(*batch, self.features), observed.expand(*batch, self.features)
+        context = None if context is None else context.expand(*batch, context.shape[-1])
+
+        which = self._completion_masks(observed)
+        return self._fill(x, observed, context, which, generator)
+
+    def _completion_masks(self, observed: Tensor) -> Tensor:
+        # Length of the run of observed features that each mask set's ordering starts with.
+        runs = torch.stack(
+            [observed[..., order].long().cumprod(dim=-1).sum(dim=-1) for order in self.made.orders]
+        )
+        R = self.made.num_masks
+        preference = torch.arange(R, 0, -1, device=observed.device)  # lower index first
+        preference[self.made._index] = R + 1  # the current mask set before all others
+        score = runs * (R + 2) + preference.view(R, *([1] * (runs.dim() - 1)))
+        return score.argmax(dim=0)
+
+    def _fill(
+        self,
+        x: Tensor,
+        observed: Tensor,
+        context: Tensor | None,
+        which: Tensor,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Draws the unobserved features of each example with the mask set ``which`` names."""
+        D = self.features
+        flat_x = x.reshape(-1, D).clone()
+        flat_observed = observed.reshape(-1, D)
+        flat_which = which.reshape(-1)
+        flat_context = None if context is None else context.reshape(-1, context.shape[-1])
+        for r in flat_which.unique().tolist():
+            rows = (flat_which == r).nonzero().squeeze(1)
+            known = flat_observed[rows]
+
+            def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
+                return torch.where(known[:, d], current, self.head.sample(params, generator))
+
+            flat_x[rows] = autoregressive(
+                self.made,
+                flat_x[rows],
+                draw,
+                encode=self.head.encode,
+                context=None if flat_context is None else flat_context[rows],
+                mask=r,
+                features=(~known).any(dim=0).nonzero().squeeze(1).tolist(),
+            )
+        return flat_x.reshape(x.shape)
+
+    def _check_x(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.features:
+            raise ValueError(f"expected x of shape (*, {self.features}), got {tuple(x.shape)}")
+        return self.head.validate(x)
+
+    def _check_ensemble(self, ensemble: int) -> int:
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or not 1 <= ensemble <= self.made.num_masks:
+            raise ValueError(
+                f"expected ensemble in 1..{self.made.num_masks} (the number of mask sets), got {ensemble!r}"
+            )
+        return ensemble
+
+    def _sample_batch(self, sample_shape: int | Sequence[int], context: Tensor | None) -> torch.Size:
+        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+        check_context(context, self.context_features, torch.Size())
+        return shape if context is None else shape + context.shape[:-1]
+
+    def _zeros(self, shape: torch.Size) -> Tensor:
+        weight = self.made.layers[0].weight
+        dtype = torch.long if isinstance(self.head, Categorical) else weight.dtype
+        return torch.zeros(*shape, self.features, dtype=dtype, device=weight.device)
+
+
+class BernoulliMADE(AutoregressiveDensity):
+    r"""A MADE over binary vectors: :math:`p(x_d = 1 \mid x_{<d}) = \sigma(\ell_d(x_{<d}))`.
+
+    Arguments:
+        features: the number of binary features :math:`D`.
+        hidden_features: the hidden widths of the MADE.
+        made_options: any keyword of :class:`flowkit.MADE` (``context_features``, ``order``,
+            ``num_masks``, ``order_agnostic``, ``direct``, ``activation``, ``seed``, ...).
+
+    Example:
+        >>> model = BernoulliMADE(6, [32], seed=0)
+        >>> x = model.sample(4)
+        >>> x.shape, model.log_prob(x).shape
+        (torch.Size([4, 6]), torch.Size([4]))
+    """
+
+    def __init__(self, features: int, hidden_features: int | Sequence[int], **made_options: Any):
+        super().__init__(MADE(features, hidden_features, params=1, **made_options), Bernoulli())
+
+
+class CategoricalMADE(AutoregressiveDensity):
+    r"""A MADE over vectors of categories :math:`0..K-1`, one-hot inputs and a softmax per feature.
+
+    Arguments:
+        features: the number of features :math:`D`.
+        categories: the number of categories :math:`K` of every feature.
+        hidden_features: the hidden widths of the MADE.
+        made_options: any keyword of :class:`flowkit.MADE`.
+
+    Example:
+        >>> model = CategoricalMADE(5, 3, [32], seed=0)
+        >>> x = model.sample(4)
+        >>> x.dtype, x.max().item() <= 2
+        (torch.int64, True)
+    """
+
+    def __init__(
+        self, features: int, categories: int, hidden_features: int | Sequence[int], **made_options: Any
+    ):
+        head = Categorical(categories)
+        made = MADE(features, hidden_features, params=categories,
+                    columns_per_feature=categories, **made_options)
+        super().__init__(made, head)

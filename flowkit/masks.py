@@ -1,0 +1,234 @@
+r"""Orderings, degrees and masks of a masked autoregressive network (MADE).
+
+Germain et al., *MADE: Masked Autoencoder for Distribution Estimation* (ICML 2015).
+
+Every unit carries a *degree*. Input :math:`d` of the ordering has degree :math:`m^0(d) \in 1..D`;
+a hidden unit of degree :math:`m` may depend on the inputs of degree :math:`1..m` only. Context
+inputs have degree 0: every unit may see them. A hidden layer connects unit :math:`k` below to
+unit :math:`k'` above when :math:`m^l(k') \ge m^{l-1}(k)`; the output of feature :math:`d`
+connects to hidden unit :math:`k` when :math:`m^0(d) > m^L(k)`. The product of the masks is
+then strictly lower-triangular in the ordering: output :math:`d` depends on the inputs that come
+before it and nothing else.
+
+All functions here are pure: tensors in, tensors out, no modules. Randomness comes only from an
+explicit :class:`torch.Generator`, so a seed reproduces every mask.
+
+Conventions:
+    ``order`` is a permutation of ``0..D-1`` listing the features in generation order:
+    ``order[0]`` is generated first. ``degrees[i]`` is the position (1-based) of feature ``i`` in
+    the ordering, so ``degrees[order[k]] == k + 1``. Masks have the shape of
+    :attr:`torch.nn.Linear.weight`, ``(out_units, in_units)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import BoolTensor, LongTensor, Tensor
+
+__all__ = [
+    "ordering",
+    "input_degrees",
+    "hidden_degrees",
+    "hidden_mask",
+    "output_mask",
+    "made_masks",
+    "connectivity",
+    "allowed_connectivity",
+]
+
+OrderSpec = Literal["natural", "reverse", "random"] | Sequence[int] | Tensor
+DegreeRule = Literal["random", "even"]
+
+
+def ordering(
+    features: int, order: OrderSpec = "natural", generator: torch.Generator | None = None
+) -> LongTensor:
+    r"""Returns an ordering of ``features`` dimensions as a permutation of ``0..features-1``.
+
+    Arguments:
+        features: the number of dimensions :math:`D \ge 1`.
+        order: ``"natural"`` (``0, 1, ..., D-1``), ``"reverse"``, ``"random"`` (drawn with
+            ``generator``) or an explicit sequence, validated as a permutation.
+        generator: the source of randomness for ``"random"``.
+
+    Example:
+        >>> ordering(4, "reverse").tolist()
+        [3, 2, 1, 0]
+        >>> ordering(3, [2, 0, 1]).tolist()
+        [2, 0, 1]
+    """
+    _check_positive("features", features)
+    if isinstance(order, str):
+        if order == "natural":
+            return torch.arange(features)
+        if order == "reverse":
+            return torch.arange(features - 1, -1, -1)
+        if order == "random":
+            return torch.randperm(features, generator=generator)
+        raise ValueError(
+            f"expected order 'natural', 'reverse', 'random' or a permutation, got {order!r}"
+        )
+    explicit = torch.as_tensor(order)
+    if explicit.dtype.is_floating_point or explicit.dtype == torch.bool:
+        raise TypeError(f"expected an integer ordering, got dtype {explicit.dtype}")
+    explicit = explicit.long().flatten()
+    if explicit.numel() != features or not torch.equal(
+        explicit.sort().values, torch.arange(features)
+    ):
+        raise ValueError(
+            f"expected order to be a permutation of 0..{features - 1}, got {explicit.tolist()}"
+        )
+    return explicit
+
+
+def input_degrees(order: Tensor) -> LongTensor:
+    r"""Degrees :math:`m^0` of the inputs: ``degrees[order[k]] = k + 1``.
+
+    Example:
+        >>> input_degrees(torch.tensor([2, 0, 1])).tolist()
+        [2, 3, 1]
+    """
+    degrees = torch.empty_like(order)
+    degrees[order] = torch.arange(1, order.numel() + 1)
+    return degrees
+
+
+def hidden_degrees(
+    width: int,
+    features: int,
+    lowest: int,
+    rule: DegreeRule = "random",
+    generator: torch.Generator | None = None,
+) -> LongTensor:
+    r"""Degrees of one hidden layer of ``width`` units.
+
+    Degrees lie in :math:`[\text{lowest}, D - 1]`, where ``lowest`` is the smallest degree of the
+    layer below (0 when a context feeds the layer). Units of degree :math:`D` or more would feed
+    no output, so the range never goes above :math:`D - 1` (for :math:`D = 1` and no context the
+    range is empty and every unit gets degree 1: it feeds nothing, as it must).
+
+    Arguments:
+        width: the number of units, at least 1.
+        features: the number of dimensions :math:`D`.
+        lowest: the smallest degree of the layer below.
+        rule: ``"random"``, the paper's rule, draws each degree uniformly on the range;
+            ``"even"`` spreads the degrees as evenly as possible over it, deterministically,
+            so that every degree of the range is present whenever ``width`` allows.
+        generator: the source of randomness for ``"random"``.
+
+    Example:
+        >>> hidden_degrees(6, 4, 1, "even").tolist()
+        [1, 1, 2, 2, 3, 3]
+    """
+    _check_positive("hidden width", width)
+    high = max(lowest, features - 1)
+    span = high - lowest + 1
+    if rule == "random":
+        return torch.randint(lowest, high + 1, (width,), generator=generator)
+    if rule == "even":
+        return lowest + torch.arange(width) * span // width
+    raise ValueError(f"expected hidden degree rule 'random' or 'even', got {rule!r}")
+
+
+def hidden_mask(degrees_out: Tensor, degrees_in: Tensor) -> BoolTensor:
+    r"""Mask of a hidden layer: :math:`M_{k'k} = 1[m^l(k') \ge m^{l-1}(k)]`, shape ``(out, in)``."""
+    return degrees_out[:, None] >= degrees_in[None, :]
+
+
+def output_mask(degrees_out: Tensor, degrees_in: Tensor) -> BoolTensor:
+    r"""Mask into the outputs: :math:`M_{dk} = 1[m^0(d) > m^L(k)]`, shape ``(out, in)``.
+
+    Also the mask of the direct input-to-output connection, where it is strictly lower-triangular
+    in the ordering.
+    """
+    return degrees_out[:, None] > degrees_in[None, :]
+
+
+def made_masks(
+    order: Tensor,
+    hidden_features: Sequence[int],
+    *,
+    params: int = 1,
+    columns_per_feature: int = 1,
+    context_features: int = 0,
+    rule: DegreeRule = "random",
+    generator: torch.Generator | None = None,
+) -> tuple[list[BoolTensor], BoolTensor]:
+    r"""All masks of one MADE mask set.
+
+    The network's input is ``features * columns_per_feature`` columns (feature ``i`` owns columns
+    ``i * columns_per_feature ...``, sharing its degree), followed by ``context_features`` columns
+    of degree 0. Its output is ``features * params`` rows, feature ``i`` owning rows
+    ``i * params ... (i + 1) * params - 1``.
+
+    Returns:
+        ``(masks, direct)``: the masks of the ``len(hidden_features) + 1`` layers, each of shape
+        ``(out_units, in_units)``, and the mask of the direct input-to-output connection, of shape
+        ``(features * params, in_columns)``.
+
+    Example:
+        >>> masks, direct = made_masks(torch.arange(3), [4], rule="even")
+        >>> [tuple(m.shape) for m in masks]
+        [(4, 3), (3, 4)]
+        >>> connectivity(masks, 3).int().tolist()
+        [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+    """
+    features = order.numel()
+    _check_positive("params", params)
+    _check_positive("columns_per_feature", columns_per_feature)
+    degrees = input_degrees(order)
+    below = torch.cat(
+        [degrees.repeat_interleave(columns_per_feature), torch.zeros(context_features, dtype=torch.long)]
+    )
+    inputs = below
+    masks = []
+    for width in hidden_features:
+        layer = hidden_degrees(width, features, int(below.min()), rule, generator)
+        masks.append(hidden_mask(layer, below))
+        below = layer
+    outputs = degrees.repeat_interleave(params)
+    masks.append(output_mask(outputs, below))
+    return masks, output_mask(outputs, inputs)
+
+
+def connectivity(
+    masks: Sequence[Tensor], features: int, columns_per_feature: int = 1
+) -> BoolTensor:
+    r"""The ``(features, features)`` dependency matrix implied by a chain of masks.
+
+    Entry ``[i, j]`` is true when some path of unmasked weights leads from an input column of
+    feature ``j`` to an output row of feature ``i``. Columns and rows are grouped by feature as
+    :func:`made_masks` lays them out; the trailing context columns, if any, are ignored.
+
+    Example:
+        >>> masks, _ = made_masks(torch.tensor([1, 0]), [3], rule="even")
+        >>> connectivity(masks, 2).int().tolist()
+        [[0, 1], [0, 0]]
+    """
+    paths = masks[0][:, : features * columns_per_feature].double()
+    for mask in masks[1:]:
+        paths = (mask.double() @ paths).clamp(max=1.0)
+    grouped = paths.reshape(features, -1, features, columns_per_feature)
+    return grouped.amax(dim=(1, 3)) > 0
+
+
+def allowed_connectivity(order: Tensor) -> BoolTensor:
+    r"""The dependencies an autoregressive model of ``order`` may have: ``[i, j]`` is true when
+    feature ``j`` comes before feature ``i``.
+
+    Example:
+        >>> allowed_connectivity(torch.tensor([1, 0])).int().tolist()
+        [[0, 1], [0, 0]]
+    """
+    degrees = input_degrees(order)
+    return degrees[:, None] > degrees[None, :]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"expected {name} >= 1, got {value}")

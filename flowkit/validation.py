@@ -1,0 +1,83 @@
+"""Checks of user input that raise errors naming what was expected and what came."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["validate", "set_validation", "validation_enabled"]
+
+_ENABLED = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Turns the value checks (NaN, infinities, support) on or off globally.
+
+    Shape, dtype and context checks cost nothing and always run. The value checks read the data,
+    which on a GPU is a synchronisation; a tight training loop on trusted data may turn them off.
+    """
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    """Whether the value checks are on."""
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def validate(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_validation`.
+
+    Example:
+        >>> with validate(False):
+        ...     validation_enabled()
+        False
+    """
+    previous = _ENABLED
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        set_validation(previous)
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raises ``ValueError`` when a floating tensor holds NaN or infinite values."""
+    if _ENABLED and x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+        raise ValueError(f"{name} contains {bad} values")
+
+
+def check_context(
+    context: Tensor | None, context_features: int, batch: torch.Size
+) -> Tensor | None:
+    """Checks a context against a model's ``context_features`` and the batch shape of ``x``."""
+    if context_features == 0:
+        if context is not None:
+            raise ValueError(
+                "this model is unconditional (context_features=0) but a context was given"
+            )
+        return None
+    if context is None:
+        raise ValueError(
+            f"this model is conditional: expected a context of shape (*, {context_features}), got None"
+        )
+    if not isinstance(context, Tensor):
+        raise TypeError(f"expected context to be a torch.Tensor, got {type(context).__name__}")
+    if context.dim() < 1 or context.shape[-1] != context_features:
+        raise ValueError(
+            f"expected context of shape (*, {context_features}), got {tuple(context.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(batch, context.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"the batch shape of x {tuple(batch)} and of context {tuple(context.shape[:-1])} "
+            "do not broadcast"
+        ) from None
+    check_finite("context", context)
+    return context
