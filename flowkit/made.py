@@ -2,7 +2,8 @@ r"""The masked autoregressive network (MADE) that every flowkit model is built o
 
 from __future__ import annotations
 
-import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -193,7 +194,7 @@ class MADE(nn.Module):
             )
             if strict:
                 raise ValueError(message)
-            warnings.warn(message, ConnectivityWarning, stacklevel=3)
+            warnings.warn(message, ConnectivityWarning, stacklevel=_caller_stacklevel())
 
     @property
     def num_masks(self) -> int:
@@ -269,6 +270,15 @@ class MADE(nn.Module):
             f"params={self.params}, context_features={self.context_features}, "
             f"num_masks={self.num_masks}"
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside flowkit, so warnings point at user code."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _sync_index(module: MADE, incompatible) -> None:

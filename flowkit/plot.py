@@ -38,8 +38,7 @@ def save_image_grid(images: Tensor, path: str | Path, shape: tuple[int, int], co
     """Writes a PNG grid of images (white = ``vmax``, padding grey)."""
     grid = image_grid(images, shape, columns)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 8, grid.shape[0] / 8 + (0.4 if title else 0)), dpi=100)
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("#7f7f7f")
+    cmap = plt.get_cmap("gray").with_extremes(bad="#7f7f7f")
     ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:
