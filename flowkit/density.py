@@ -3,6 +3,7 @@ r"""Autoregressive densities: a MADE and a head, with exact ``log_prob``, sampli
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -209,14 +210,20 @@ class AutoregressiveDensity(nn.Module):
         return self.head.validate(x)
 
     def _check_ensemble(self, ensemble: int) -> int:
-        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or not 1 <= ensemble <= self.made.num_masks:
-            raise ValueError(
-                f"expected ensemble in 1..{self.made.num_masks} (the number of mask sets), got {ensemble!r}"
-            )
-        return ensemble
+        R = self.made.num_masks
+        try:
+            value = operator.index(ensemble) if not isinstance(ensemble, bool) else None
+        except TypeError:
+            value = None
+        if value is None or not 1 <= value <= R:
+            raise ValueError(f"expected ensemble in 1..{R} (the number of mask sets), got {ensemble!r}")
+        return value
 
     def _sample_batch(self, sample_shape: int | Sequence[int], context: Tensor | None) -> torch.Size:
-        shape = torch.Size([sample_shape] if isinstance(sample_shape, int) else sample_shape)
+        try:
+            shape = torch.Size([operator.index(sample_shape)])
+        except TypeError:
+            shape = torch.Size(operator.index(n) for n in sample_shape)
         check_context(context, self.context_features, torch.Size())
         return shape if context is None else shape + context.shape[:-1]
 

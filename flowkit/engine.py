@@ -45,7 +45,8 @@ def autoregressive(
         encode: maps values ``(*batch, D)`` to the network's input columns.
         context: the context, ``(*batch, context_features)``, or ``None``.
         mask: the mask set whose ordering and masks are used; the current one when ``None``.
-        features: only visit these features (the others keep their values); all when ``None``.
+        features: only visit these features (ints or an integer tensor; the others keep their
+            values); all when ``None``.
 
     Returns:
         The filled values, shape and dtype of ``x``.
@@ -59,7 +60,9 @@ def autoregressive(
     index = made._index if mask is None else mask
     order = made.orders[index].tolist()
     if features is not None:
-        wanted = set(features)
+        wanted = {int(d) for d in features}
+        if not wanted <= set(order):
+            raise ValueError(f"expected features in 0..{made.features - 1}, got {sorted(wanted - set(order))}")
         order = [d for d in order if d in wanted]
     x = x.clone()
     for d in order:

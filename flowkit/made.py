@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +31,9 @@ class MaskedLinear(nn.Linear):
         bias: whether the layer has a bias.
 
     In eval mode, with gradients off, the masked weight is kept between calls and recomputed only
-    when the weight, the masks or the chosen mask set change.
+    when the weight or the masks change (in place, as optimisers and ``load_state_dict`` do, or by
+    being replaced) or another mask set is chosen. Edits through ``.data`` bypass torch's version
+    counter: after one in eval mode, call ``eval()`` again to drop the kept product.
 
     Example:
         >>> layer = MaskedLinear(torch.tensor([[1, 0], [1, 1]]))
@@ -38,32 +41,40 @@ class MaskedLinear(nn.Linear):
         torch.Size([5, 2])
     """
 
-    def __init__(self, masks: Tensor, bias: bool = True):
+    def __init__(self, masks: Tensor, bias: bool = True, generator: torch.Generator | None = None):
         masks = masks if masks.dim() == 3 else masks[None]
         super().__init__(masks.shape[2], masks.shape[1], bias=bias)
         self.register_buffer("masks", masks.bool())
-        self._cache: tuple[tuple, Tensor] | None = None
-        self.reset_parameters_masked()
+        self._cache: tuple | None = None
+        self.reset_parameters_masked(generator)
 
-    def reset_parameters_masked(self) -> None:
-        """Initialises the weight by the fan-in each unit actually has under the first mask."""
+    def reset_parameters_masked(self, generator: torch.Generator | None = None) -> None:
+        r"""Draws the weights uniformly on :math:`\pm 1/\sqrt{\text{fan-in}}`, with the fan-in
+        each unit actually has under the first mask."""
         fan_in = self.masks[0].sum(dim=1, keepdim=True).clamp(min=1.0)
         bound = 1.0 / fan_in.sqrt()
         with torch.no_grad():
-            self.weight.uniform_(-1.0, 1.0).mul_(bound)
+            self.weight.uniform_(-1.0, 1.0, generator=generator).mul_(bound)
             if self.bias is not None:
-                self.bias.uniform_(-1.0, 1.0).mul_(bound.squeeze(1))
+                self.bias.uniform_(-1.0, 1.0, generator=generator).mul_(bound.squeeze(1))
 
     def masked_weight(self, index: int = 0) -> Tensor:
         """The weight under mask set ``index``, shape ``(out_features, in_features)``."""
         if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
             self._cache = None
             return self.weight * self.masks[index]
-        key = (index, self.weight._version, self.masks._version,
-               self.weight.data_ptr(), self.masks.data_ptr(), self.weight.dtype)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.weight * self.masks[index])
-        return self._cache[1]
+        key = (index, self.weight._version, self.masks._version, self.weight.dtype, self.weight.device,
+               torch.is_inference_mode_enabled())
+        cached = self._cache
+        if cached is None or cached[0] != key or cached[1]() is not self.weight or cached[2]() is not self.masks:
+            product = self.weight * self.masks[index]
+            self._cache = (key, weakref.ref(self.weight), weakref.ref(self.masks), product)
+            return product
+        return cached[3]
+
+    def train(self, mode: bool = True) -> MaskedLinear:
+        self._cache = None
+        return super().train(mode)
 
     def forward(self, x: Tensor, index: int = 0) -> Tensor:
         return nn.functional.linear(x, self.masked_weight(index), self.bias)
@@ -101,7 +112,8 @@ class MADE(nn.Module):
         columns_per_feature: the number of input columns each feature owns.
         direct: whether to add the direct input-to-output connection :math:`A \odot M^A`.
         activation: a factory of the elementwise nonlinearity, such as ``nn.ReLU`` or ``nn.Tanh``.
-        seed: the seed of the orderings and degrees; ``None`` draws from torch's global generator.
+        seed: the seed of the orderings, degrees and initial weights; ``None`` draws it from
+            torch's global generator.
         strict: raise instead of warning when the masks lose allowed dependencies.
 
     Shapes:
@@ -149,6 +161,12 @@ class MADE(nn.Module):
         self.columns_per_feature = columns_per_feature
         self.hidden_features = tuple(hidden)
 
+        if num_masks > 1 and hidden_degrees == "even" and not order_agnostic:
+            warnings.warn(
+                "with hidden_degrees='even' and order_agnostic=False every mask set is the same; "
+                "use hidden_degrees='random' or order_agnostic=True",
+                UserWarning, stacklevel=_caller_stacklevel(),
+            )
         generator = torch.Generator()
         generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         first = M.ordering(features, order, generator)
@@ -167,10 +185,11 @@ class MADE(nn.Module):
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self._index = 0
         self.layers = nn.ModuleList(
-            MaskedLinear(torch.stack([s[i] for s in mask_sets])) for i in range(len(hidden) + 1)
+            MaskedLinear(torch.stack([s[i] for s in mask_sets]), generator=generator)
+            for i in range(len(hidden) + 1)
         )
         self.activation = activation()
-        self.direct = MaskedLinear(torch.stack(directs), bias=False) if direct else None
+        self.direct = MaskedLinear(torch.stack(directs), bias=False, generator=generator) if direct else None
         self.register_load_state_dict_post_hook(_sync_index)
         self._audit(mask_sets, directs if direct else None, strict)
 
@@ -185,9 +204,16 @@ class MADE(nn.Module):
                 raise RuntimeError("MADE masks violate the autoregressive property")
             missing += int((may & ~has).sum())
             allowed += int(may.sum())
+            if self.context_features:
+                sees = M.context_connectivity(masks, self.features, self.columns_per_feature)
+                if directs is not None:
+                    sees = sees | M.context_connectivity([directs[r]], self.features, self.columns_per_feature)
+                missing += int((~sees).sum())
+                allowed += self.features
         if missing:
+            what = "dependencies (on earlier features and on the context)" if self.context_features else "dependencies"
             message = (
-                f"MADE masks cannot represent {missing} of the {allowed} dependencies their "
+                f"MADE masks cannot represent {missing} of the {allowed} {what} their "
                 f"orderings allow (over {len(mask_sets)} mask set(s)); widen the hidden layers "
                 f"(now {list(self.hidden_features)} for {self.features} features), use "
                 f"hidden_degrees='even' or direct=True"
@@ -213,10 +239,13 @@ class MADE(nn.Module):
 
     def use_mask(self, index: int) -> None:
         """Selects mask set ``index`` (``0 <= index < num_masks``) for later calls."""
-        if not 0 <= index < self.num_masks:
-            raise ValueError(f"expected a mask index in 0..{self.num_masks - 1}, got {index}")
-        self._index = int(index)
+        self._index = self._check_mask(index)
         self.mask_index.fill_(self._index)
+
+    def _check_mask(self, index: int) -> int:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_masks:
+            raise ValueError(f"expected a mask index in 0..{self.num_masks - 1}, got {index!r}")
+        return index
 
     def next_mask(self) -> int:
         """Moves to the next mask set, cycling, and returns its index."""
@@ -232,7 +261,7 @@ class MADE(nn.Module):
             mask: evaluate with this mask set instead of the current one.
         """
         h = self.inputs(x, context)
-        index = self._index if mask is None else mask
+        index = self._index if mask is None else self._check_mask(mask)
         out = self.hidden(h, index)
         out = self.layers[-1](out, index)
         if self.direct is not None:
@@ -247,15 +276,15 @@ class MADE(nn.Module):
             raise ValueError(
                 f"expected x of shape (*, {self.in_features}), got {tuple(x.shape)}"
             )
-        if not x.dtype.is_floating_point:
-            x = x.to(self.layers[0].weight.dtype)
+        x = x.to(self.layers[0].weight.dtype)
         check_finite("x", x)
         context = check_context(context, self.context_features, x.shape[:-1])
         if context is None:
             return x
         batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
         return torch.cat(
-            [x.expand(*batch, x.shape[-1]), context.to(x.dtype).expand(*batch, context.shape[-1])], dim=-1
+            [x.expand(*batch, x.shape[-1]), context.to(x.dtype).expand(*batch, context.shape[-1])],
+            dim=-1,
         )
 
     def hidden(self, h: Tensor, index: int) -> Tensor:

@@ -36,6 +36,7 @@ __all__ = [
     "output_mask",
     "made_masks",
     "connectivity",
+    "context_connectivity",
     "allowed_connectivity",
 ]
 
@@ -72,10 +73,14 @@ def ordering(
             f"expected order 'natural', 'reverse', 'random' or a permutation, got {order!r}"
         )
     explicit = torch.as_tensor(order)
+    if explicit.dim() != 1 or explicit.numel() != features:
+        raise ValueError(
+            f"expected order to be a permutation of 0..{features - 1}, got shape {tuple(explicit.shape)}"
+        )
     if explicit.dtype.is_floating_point or explicit.dtype == torch.bool:
         raise TypeError(f"expected an integer ordering, got dtype {explicit.dtype}")
-    explicit = explicit.long().flatten()
-    if explicit.numel() != features or not torch.equal(
+    explicit = explicit.long()
+    if not torch.equal(
         explicit.sort().values, torch.arange(features)
     ):
         raise ValueError(
@@ -161,7 +166,8 @@ def made_masks(
 
     The network's input is ``features * columns_per_feature`` columns (feature ``i`` owns columns
     ``i * columns_per_feature ...``, sharing its degree), followed by ``context_features`` columns
-    of degree 0. Its output is ``features * params`` rows, feature ``i`` owning rows
+    of degree 0. With a context, the first unit of every hidden layer gets degree 0, so that the
+    context reaches every output, the first feature's included. Its output is ``features * params`` rows, feature ``i`` owning rows
     ``i * params ... (i + 1) * params - 1``.
 
     Returns:
@@ -187,6 +193,8 @@ def made_masks(
     masks = []
     for width in hidden_features:
         layer = hidden_degrees(width, features, int(below.min()), rule, generator)
+        if context_features:
+            layer[0] = 0  # a unit that sees only the context carries it to the first output
         masks.append(hidden_mask(layer, below))
         below = layer
     outputs = degrees.repeat_interleave(params)
@@ -213,6 +221,22 @@ def connectivity(
         paths = (mask.double() @ paths).clamp(max=1.0)
     grouped = paths.reshape(features, -1, features, columns_per_feature)
     return grouped.amax(dim=(1, 3)) > 0
+
+
+def context_connectivity(
+    masks: Sequence[Tensor], features: int, columns_per_feature: int = 1
+) -> BoolTensor:
+    r"""Which features' outputs the trailing context columns reach, shape ``(features,)``.
+
+    Example:
+        >>> masks, _ = made_masks(torch.arange(3), [4], context_features=2)
+        >>> context_connectivity(masks, 3).tolist()
+        [True, True, True]
+    """
+    paths = masks[0][:, features * columns_per_feature :].double()
+    for mask in masks[1:]:
+        paths = (mask.double() @ paths).clamp(max=1.0)
+    return paths.reshape(features, -1).amax(dim=1) > 0
 
 
 def allowed_connectivity(order: Tensor) -> BoolTensor:

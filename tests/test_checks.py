@@ -20,6 +20,11 @@ def allowed_by_position(order: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[position[j] < position[i] for j in range(D)] for i in range(D)]).view(D, D)
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
 def wide(features: int = 6, **options) -> MADE:
     return MADE(features, [24, 24], hidden_degrees="even", activation=nn.Tanh, seed=0, **options)
 
@@ -97,9 +102,11 @@ class TestCorruption:
         with pytest.raises(AutoregressiveError, match="mask set 0"):
             check_autoregressive(made)
 
-    def test_names_the_offending_pair(self):
-        made = MADE(3, [16], direct=True, hidden_degrees="even", seed=0)
-        made.direct.masks[0, 0, 2] = True
+    @pytest.mark.parametrize("params, columns", [(1, 1), (2, 3)])
+    def test_names_the_offending_pair(self, params, columns):
+        made = MADE(3, [16], params=params, columns_per_feature=columns, direct=True,
+                    hidden_degrees="even", seed=0)
+        made.direct.masks[0, params - 1, 2 * columns + columns - 1] = True
         with pytest.raises(AutoregressiveError) as caught:
             check_autoregressive(made)
         message = str(caught.value)

@@ -143,3 +143,16 @@ def test_categorical_encoding(mask):
     for d in range(4):
         torch.testing.assert_close(seen[d], final[:, d, :])
         assert torch.equal(out[:, d], final[:, d, :].argmax(-1))
+
+
+def test_features_as_a_tensor():
+    network = made()
+    step = Recorder()
+    autoregressive(network, torch.zeros(2, 5), step, features=torch.tensor([3, 0]))
+    assert sorted(step.visits) == [0, 3]
+    assert step.visits == [d for d in network.order.tolist() if d in (0, 3)]
+
+
+def test_features_out_of_range_are_refused():
+    with pytest.raises(ValueError, match=r"expected features in 0\.\.4, got \[5\]"):
+        autoregressive(made(), torch.zeros(2, 5), Recorder(), features=[5])

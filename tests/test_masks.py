@@ -109,7 +109,9 @@ class TestOrdering:
         with pytest.raises(ValueError, match="'sideways'"):
             M.ordering(3, "sideways")
 
-    @pytest.mark.parametrize("features, error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)])
+    @pytest.mark.parametrize(
+        "features, error", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)]
+    )
     def test_bad_feature_count_raises(self, features, error):
         with pytest.raises(error, match="features"):
             M.ordering(features)
@@ -253,7 +255,8 @@ class TestConnectivity:
         masks, _ = M.made_masks(order, hidden, params=2, rule="even",
                                 columns_per_feature=columns_per_feature,
                                 context_features=context_features)
-        assert torch.equal(M.connectivity(masks, 6, columns_per_feature), allowed_by_position(order.tolist()))
+        allowed = allowed_by_position(order.tolist())
+        assert torch.equal(M.connectivity(masks, 6, columns_per_feature), allowed)
 
     def test_width_one_even_layer_sees_only_the_first_feature(self):
         masks, _ = M.made_masks(M.ordering(5), [1], rule="even")

@@ -11,6 +11,7 @@ from flowkit.data import digits
 from flowkit.train import evaluate, fit
 
 
+@pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
 def test_made_beats_independent_bernoullis_on_held_out_digits():
     train, valid, test = digits()
     torch.manual_seed(0)
