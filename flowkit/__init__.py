@@ -1,8 +1,9 @@
 """flowkit: density estimation with masked autoregressive networks (MADE) in PyTorch."""
 
-from flowkit import masks
+from flowkit import masks, transforms
 from flowkit.checks import check_autoregressive
-from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE
+from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG
+from flowkit.flows import IAF, MAF, Flow
 from flowkit.made import MADE, ConnectivityWarning
 from flowkit.validation import set_validation, validate
 
@@ -12,6 +13,11 @@ __all__ = [
     "AutoregressiveDensity",
     "BernoulliMADE",
     "CategoricalMADE",
+    "MADEMoG",
+    "Flow",
+    "MAF",
+    "IAF",
+    "transforms",
     "ConnectivityWarning",
     "check_autoregressive",
     "set_validation",

@@ -7,13 +7,15 @@ of values under the parameters, and how to draw one feature.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.validation import check_finite, validation_enabled
 
-__all__ = ["Head", "Bernoulli", "Categorical"]
+__all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
 
 
 class Head(nn.Module):
@@ -21,6 +23,7 @@ class Head(nn.Module):
 
     params: int
     columns: int
+    noise_size: int
 
     def validate(self, x: Tensor) -> Tensor:
         """Checks that ``x`` lies in the support and returns it in the head's value dtype."""
@@ -34,9 +37,28 @@ class Head(nn.Module):
         """Log-probabilities per feature: ``params: (*batch, D, P)``, ``x: (*batch, D)`` to ``(*batch, D)``."""
         raise NotImplementedError
 
+    def noise(self, shape: torch.Size, generator: torch.Generator | None = None,
+              dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+        """The standard noise that :meth:`draw` turns into values, ``(*shape, noise_size)``."""
+        raise NotImplementedError
+
+    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+        """Values from parameters ``(*batch, P)`` and noise ``(*batch, noise_size)``, deterministically.
+
+        Sampling is split so that the same noise gives the same values whatever evaluates the
+        network (the reference loop or the incremental engine)."""
+        raise NotImplementedError
+
     def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One draw per row of ``params: (*batch, P)``, shape ``(*batch,)``."""
-        raise NotImplementedError
+        return self.draw(params, self.noise(params.shape[:-1], generator, params.dtype, params.device))
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
+           device: torch.device | None) -> Tensor:
+    r"""Standard Gumbel noise: :math:`-\log(-\log u)`, :math:`u \sim U(0, 1)`."""
+    u = torch.rand(shape, generator=generator, dtype=dtype, device=device)
+    return -torch.log(-torch.log(u.clamp(min=torch.finfo(dtype).tiny)))
 
 
 class Bernoulli(Head):
@@ -69,10 +91,16 @@ class Bernoulli(Head):
         logits = params[..., 0]
         return -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        probs = torch.sigmoid(params[..., 0])
-        u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
-        return (u < probs).to(probs.dtype)
+    noise_size = 1
+
+    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+        # Logistic noise: x = 1[logit > noise] has P(x = 1) = sigmoid(logit).
+        u = torch.rand(*shape, 1, generator=generator, dtype=dtype, device=device)
+        u = u.clamp(min=torch.finfo(dtype).tiny)
+        return torch.log(u) - torch.log1p(-u)
+
+    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+        return (params[..., 0] > noise[..., 0]).to(params.dtype)
 
 
 class Categorical(Head):
@@ -94,6 +122,7 @@ class Categorical(Head):
         self.categories = categories
         self.params = categories
         self.columns = categories
+        self.noise_size = categories
 
     def validate(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
@@ -118,11 +147,77 @@ class Categorical(Head):
         logp = torch.log_softmax(params, dim=-1)
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+        return gumbel((*shape, self.categories), generator, dtype, device)
+
+    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact categorical draw.
-        u = torch.rand(params.shape, generator=generator, device=params.device, dtype=params.dtype)
-        gumbel = -torch.log(-torch.log(u.clamp(min=torch.finfo(u.dtype).tiny)))
-        return (params + gumbel).argmax(dim=-1)
+        return (params + noise).argmax(dim=-1)
 
     def extra_repr(self) -> str:
         return f"categories={self.categories}"
+
+
+class GaussianMixture(Head):
+    r"""Continuous conditionals that are mixtures of :math:`C` Gaussians (the MADE MoG of
+    Papamakarios et al., 2017):
+
+    .. math:: p(x) = \sum_c \pi_c \, \mathcal{N}(x; \mu_c, \sigma_c^2), \quad
+              \pi = \operatorname{softmax}(a), \quad \sigma_c = \operatorname{softplus}(b_c) + \epsilon
+
+    Parameter layout per feature: ``[a_1..a_C, mu_1..mu_C, b_1..b_C]`` (``3C``). With ``C = 1`` it
+    is the Gaussian MADE.
+
+    Example:
+        >>> head = GaussianMixture(2)
+        >>> params = torch.tensor([[[0.0, 0.0, -1.0, 1.0, 5.0, 5.0]]])  # equal weights, means -1, 1
+        >>> scale = torch.nn.functional.softplus(torch.tensor(5.0)) + 1e-3
+        >>> N = torch.distributions.Normal
+        >>> expected = 0.5 * N(-1.0, scale).log_prob(torch.tensor(1.0)).exp() + 0.5 * N(1.0, scale).log_prob(torch.tensor(1.0)).exp()
+        >>> torch.allclose(head.log_prob(params, torch.tensor([[1.0]])).exp(), expected)
+        True
+    """
+
+    columns = 1
+
+    def __init__(self, components: int, eps: float = 1e-3):
+        super().__init__()
+        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+            raise ValueError(f"expected components to be an int >= 1, got {components!r}")
+        if eps <= 0:
+            raise ValueError(f"expected eps > 0, got {eps}")
+        self.components, self.eps = components, eps
+        self.params = 3 * components
+        self.noise_size = components + 1
+
+    def validate(self, x: Tensor) -> Tensor:
+        if not x.dtype.is_floating_point:
+            x = x.float()
+        check_finite("x", x)
+        return x
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, means, raw = params.split(self.components, dim=-1)
+        return torch.log_softmax(logits, -1), means, F.softplus(raw) + self.eps
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        log_weights, means, scales = self._split(params)
+        z = (x.unsqueeze(-1).to(params.dtype) - means) / scales
+        log_normal = -0.5 * z.pow(2) - torch.log(scales) - 0.5 * math.log(2 * math.pi)
+        return torch.logsumexp(log_weights + log_normal, dim=-1)
+
+    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+        # Gumbel noise to pick a component, then a standard normal draw within it.
+        normal = torch.randn(*shape, 1, generator=generator, dtype=dtype, device=device)
+        return torch.cat([gumbel((*shape, self.components), generator, dtype, device), normal], -1)
+
+    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+        log_weights, means, scales = self._split(params)
+        pick = (log_weights + noise[..., :-1]).argmax(-1, keepdim=True)
+        return means.gather(-1, pick).squeeze(-1) + scales.gather(-1, pick).squeeze(-1) * noise[..., -1]
+
+    def extra_repr(self) -> str:
+        return f"components={self.components}"

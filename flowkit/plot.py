@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["image_grid", "save_image_grid", "save_completions"]
+__all__ = ["image_grid", "save_image_grid", "save_completions", "density_grid"]
 
 
 def image_grid(images: Tensor, shape: tuple[int, int], columns: int = 10, pad: int = 1) -> np.ndarray:
@@ -58,3 +58,22 @@ def save_completions(originals: Tensor, observed: Tensor, completions: Tensor, p
     rows = torch.cat([originals.double()[:, None], shown[:, None], completions.double()], dim=1)
     title = "original | observed (grey hidden) | completions"
     return save_image_grid(rows.reshape(n * (s + 2), -1), path, shape, columns=s + 2, title=title, vmax=vmax)
+
+
+@torch.no_grad()
+def density_grid(log_prob, bounds: tuple[float, float, float, float], resolution: int = 200,
+                 dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluates a 2-D density on a grid: returns ``(xs, ys, density)`` with ``density[i, j]`` at
+    ``(xs[j], ys[i])``; ``log_prob`` maps ``(N, 2)`` points to ``(N,)`` log-densities.
+
+    Example:
+        >>> xs, ys, p = density_grid(lambda z: -z.pow(2).sum(-1), (-1, 1, -1, 1), resolution=3)
+        >>> p.shape, float(p[1, 1])
+        ((3, 3), 1.0)
+    """
+    x0, x1, y0, y1 = bounds
+    xs = torch.linspace(x0, x1, resolution, dtype=dtype)
+    ys = torch.linspace(y0, y1, resolution, dtype=dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+    density = torch.cat([log_prob(chunk).exp() for chunk in grid.split(10000)])
+    return xs.numpy(), ys.numpy(), density.reshape(resolution, resolution).cpu().double().numpy()

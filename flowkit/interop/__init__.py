@@ -1,0 +1,1 @@
+"""Adapters between flowkit and other libraries (imported on demand: ``flowkit.interop.nflows``)."""

@@ -1,0 +1,22 @@
+"""Invertible transforms, data to noise: the protocol, autoregressive layers, permutations, batch norm."""
+
+from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform
+from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadratic_spline
+from flowkit.transforms.autoregressive import Affine, MaskedAutoregressive
+from flowkit.transforms.normalization import BatchNorm
+from flowkit.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
+
+__all__ = [
+    "Transform",
+    "Composite",
+    "Inverse",
+    "InputOutsideDomain",
+    "MaskedAutoregressive",
+    "Affine",
+    "RationalQuadraticSpline",
+    "rational_quadratic_spline",
+    "Permutation",
+    "ReversePermutation",
+    "RandomPermutation",
+    "BatchNorm",
+]

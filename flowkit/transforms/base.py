@@ -1,0 +1,89 @@
+r"""The transform protocol: invertible maps with their log-determinants, data to noise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor, nn
+
+__all__ = ["Transform", "Composite", "Inverse", "InputOutsideDomain"]
+
+
+class InputOutsideDomain(ValueError):
+    """A transform was given a value outside the set it is defined on."""
+
+
+class Transform(nn.Module):
+    r"""An invertible map :math:`f` with its log-Jacobian determinant.
+
+    ``forward`` goes from data to noise, as in nflows; ``inverse`` from noise to data:
+
+    .. math:: (y, \log|\det J_f(x)|) = f(x), \qquad (x, \log|\det J_{f^{-1}}(y)|) = f^{-1}(y)
+
+    Shapes: ``x, y: (*batch, features)``, ``context: (*batch, context_features)`` or ``None``,
+    logabsdet ``(*batch,)``. Transforms that take no context ignore it.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class Composite(Transform):
+    r"""Transforms applied in sequence: :math:`f = f_K \circ \dots \circ f_1`, log-determinants summed.
+
+    Example:
+        >>> from flowkit.transforms import ReversePermutation
+        >>> t = Composite([ReversePermutation(3), ReversePermutation(3)])
+        >>> t(torch.tensor([[1.0, 2.0, 3.0]]))[0]
+        tensor([[1., 2., 3.]])
+    """
+
+    def __init__(self, transforms: Iterable[Transform]):
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(())
+        for transform in self.transforms:
+            x, logabsdet = transform(x, context)
+            total = total + logabsdet
+        return x, total.expand(x.shape[:-1])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = y.new_zeros(())
+        for transform in reversed(self.transforms):
+            y, logabsdet = transform.inverse(y, context)
+            total = total + logabsdet
+        return y, total.expand(y.shape[:-1])
+
+
+class Inverse(Transform):
+    r"""The inverse :math:`f^{-1}` of a transform: its ``forward`` is ``f.inverse`` and back.
+
+    An IAF layer is ``Inverse`` of a MAF layer: cheap in the noise-to-data direction.
+    """
+
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform.inverse(x, context)
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform(y, context)
+
+
+def check_features(name: str, x: Tensor, features: int) -> None:
+    """Raises when ``x`` is not a floating tensor of shape ``(*, features)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != features:
+        raise ValueError(f"expected {name} of shape (*, {features}), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"expected {name} to be a floating tensor, got dtype {x.dtype}")
+
+
