@@ -224,7 +224,7 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
             params = torch.addmm(plan.output_bias[d], plan.output[d, :, :k], last[:k])
             if plan.direct is not None:
                 params = params.addmm_(plan.direct[d, :, : plan.inputs[t]], inputs[: plan.inputs[t]])
-            params = params.T.reshape(*batch, -1)
+            params = params.T.reshape(*batch, params.shape[0])
             values[:, d] = step(d, params, values[:, d].reshape(batch)).reshape(B)
         start = C + t * per
         inputs[start : start + per] = encode(values[:, d : d + 1]).T

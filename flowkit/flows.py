@@ -96,11 +96,16 @@ class Flow(nn.Module):
         check_features("x", x, self.features)
         check_context(context, self.context_features, x.shape[:-1])
         z, logabsdet = self.transform(x, context)
-        return self.base.log_prob(z, context) + logabsdet
+        return self.base.log_prob(z, self._base_context(context)) + logabsdet
+
+    def _base_context(self, context: Tensor | None) -> Tensor | None:
+        # A conditional flow may have an unconditional base (a standard normal, a plain MADE MoG).
+        return context if getattr(self.base, "context_features", 0) else None
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised samples: gradients reach the flow's parameters."""
+        """Reparameterised samples: gradients reach the transforms' parameters, and the base's
+        when it has an ``rsample`` (a standard normal has no parameters; a MADE MoG has none)."""
         return self.rsample_and_log_prob(sample_shape, context, generator)[0]
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
@@ -121,9 +126,11 @@ class Flow(nn.Module):
         shape = _sample_shape(sample_shape)
         if context is not None:
             context = context.expand(*shape, *context.shape)
+            shape = context.shape[:-1]
         draw = getattr(self.base, "rsample" if reparameterised and hasattr(self.base, "rsample") else "sample")
-        z = draw((), context, generator=generator) if context is not None else draw(shape, None, generator=generator)
-        log_base = self.base.log_prob(z, context)
+        base_context = self._base_context(context)
+        z = draw(shape, None, generator=generator) if base_context is None else draw((), base_context, generator=generator)
+        log_base = self.base.log_prob(z, base_context)
         x, logabsdet = self.transform.inverse(z, context)
         return x, log_base - logabsdet
 
@@ -142,6 +149,7 @@ class FlowDistribution(Distribution):
 
     def __init__(self, flow: Flow, context: Tensor | None = None):
         self.flow, self.context = flow, context
+        self.has_rsample = hasattr(flow.base, "rsample")
         batch = torch.Size() if context is None else context.shape[:-1]
         super().__init__(batch_shape=batch, event_shape=torch.Size([flow.features]), validate_args=False)
 

@@ -222,6 +222,11 @@ class MADE(nn.Module):
                 raise ValueError(message)
             warnings.warn(message, ConnectivityWarning, stacklevel=_caller_stacklevel())
 
+    def train(self, mode: bool = True) -> MADE:
+        """Sets the mode and drops the kept masked weights and engine plan (see :class:`MaskedLinear`)."""
+        self.__dict__.pop("_engine_plan", None)
+        return super().train(mode)
+
     @property
     def num_masks(self) -> int:
         """The number of mask sets :math:`R`."""

@@ -8,6 +8,8 @@ nflows uses the same conventions as flowkit (``forward`` maps data to noise and 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from nflows.transforms import Transform as NflowsTransform
@@ -17,6 +19,7 @@ from nflows.transforms.autoregressive import (
 )
 from torch import Tensor, nn
 
+from flowkit.made import ConnectivityWarning
 from flowkit.transforms import Affine, MaskedAutoregressive, RationalQuadraticSpline, Transform
 
 __all__ = ["to_nflows", "from_nflows", "convert_autoregressive"]
@@ -134,7 +137,10 @@ def convert_autoregressive(layer: NflowsTransform) -> MaskedAutoregressive:
     features = net.initial_layer.in_features
     hidden = [linear.out_features for linear in theirs[:-1]]
     # A wide 'even' MADE first, so the audit passes; nflows' masks then replace its own.
-    ours = MaskedAutoregressive(features, hidden, transformer, hidden_degrees="even", activation=activation, seed=0)
+    with warnings.catch_warnings():  # the placeholder masks may be narrow; nflows' own replace them
+        warnings.simplefilter("ignore", ConnectivityWarning)
+        ours = MaskedAutoregressive(features, hidden, transformer, hidden_degrees="even", activation=activation, seed=0)
+    ours = ours.to(dtype=net.initial_layer.weight.dtype, device=net.initial_layer.weight.device)
     with torch.no_grad():
         for mine, their in zip(ours.made.layers, theirs):
             mine.weight.copy_(their.weight)

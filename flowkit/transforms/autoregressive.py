@@ -17,6 +17,7 @@ from flowkit.engine import autoregressive
 from flowkit.made import MADE
 from flowkit.transforms.base import Transform, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
+from flowkit.validation import check_context, check_finite
 
 __all__ = ["Affine", "MaskedAutoregressive", "make_transformer"]
 
@@ -62,6 +63,9 @@ def make_transformer(transformer: str | nn.Module, **options: Any) -> nn.Module:
     if isinstance(transformer, nn.Module):
         return transformer
     if transformer == "affine":
+        spline_only = sorted(set(options) & {"bins", "bound", "min_bin_width", "min_bin_height", "min_derivative"})
+        if spline_only:
+            raise ValueError(f"{', '.join(spline_only)} apply to the spline transformer, not to 'affine'")
         return Affine(**options)
     if transformer == "spline":
         return RationalQuadraticSpline(**options)
@@ -116,12 +120,15 @@ class MaskedAutoregressive(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("x", x, self.features)
+        x = x.to(self.made.layers[0].weight.dtype)
         params = self.made(x, context)
         y, logabsdet = self.transformer(x.expand(*params.shape[:-2], self.features), params)
         return y, logabsdet.sum(-1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("y", y, self.features)
+        check_finite("y", y)
+        check_context(context, self.made.context_features, y.shape[:-1])
         y = y.to(self.made.layers[0].weight.dtype)
         if context is not None:
             batch = torch.broadcast_shapes(y.shape[:-1], context.shape[:-1])

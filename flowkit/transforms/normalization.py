@@ -49,6 +49,7 @@ class BatchNorm(Transform):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("x", x, self.features)
         check_finite("x", x)
+        x = x.to(self.log_gamma.dtype)
         if self.training:
             flat = x.reshape(-1, self.features)
             if flat.shape[0] < 2:
@@ -65,6 +66,7 @@ class BatchNorm(Transform):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("y", y, self.features)
+        y = y.to(self.log_gamma.dtype)
         std = torch.sqrt(self.running_var + self.eps)
         x = (y - self.beta) * torch.exp(-self.log_gamma) * std + self.running_mean
         logabsdet = (0.5 * torch.log(self.running_var + self.eps) - self.log_gamma).sum()
