@@ -488,7 +488,7 @@ class TestCuda:
 
 
 def test_conditional_flow_over_an_unconditional_made_mog_base():
-    base = flowkit.MADEMoG(2, 3, [16], seed=1)
+    base = MADEMoG(2, 3, [16], seed=1)
     flow = MAF(2, 2, [16], context_features=3, base=base, seed=0)
     context = torch.randn(4, 3)
     x = flow.sample(5, context)
@@ -506,7 +506,7 @@ def test_spline_options_are_refused_for_the_affine_transformer():
 
 
 def test_both_directions_return_the_layer_dtype():
-    layer = flowkit.transforms.MaskedAutoregressive(3, [8], seed=0)
+    layer = MaskedAutoregressive(3, [8], seed=0)
     x = torch.randn(4, 3, dtype=torch.float64)
     assert layer(x)[0].dtype == torch.float32
     assert layer.inverse(x)[0].dtype == torch.float32
