@@ -194,10 +194,13 @@ class AutoregressiveDensity(nn.Module):
             def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
                 return torch.where(known[:, d], current, self.head.draw(params, noise[:, d]))
 
+            def draw_all(d: int, params: Tensor, current: Tensor) -> Tensor:
+                return self.head.draw(params, noise[:, d])
+
             flat_x[rows] = autoregressive(
                 self.made,
                 flat_x[rows],
-                draw,
+                draw if bool(known.any()) else draw_all,
                 encode=self.head.encode,
                 context=None if flat_context is None else flat_context[rows],
                 mask=r,

@@ -28,7 +28,7 @@ buffers and does not record a graph.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -71,7 +71,8 @@ def autoregressive(
         x: the starting values, ``(*batch, D)``, with the full batch shape (that of the context
             included); not modified: a filled copy is returned.
         step: ``(d, params: (*batch, P), current: (*batch,)) -> (*batch,)``, the new values of
-            feature ``d``.
+            feature ``d``. ``params`` and ``current`` are valid during the call only (the engine
+            reuses their memory): copy them to keep them.
         encode: maps values ``(*batch, k)`` of ``k`` features to their input columns
             ``(*batch, k * columns_per_feature)``, feature by feature (one-hot for categories).
         context: the context, ``(*batch, context_features)``, or ``None``.
@@ -139,6 +140,7 @@ class _Plan:
     output: Tensor  # (D, P, last hidden units), sorted columns
     output_bias: Tensor  # (D, P, 1)
     direct: Tensor | None  # (D, P, input columns), sorted columns
+    workspaces: dict = field(default_factory=dict)
 
 
 def _effective_degrees(mask: Tensor, below: Tensor) -> Tensor:
@@ -188,44 +190,78 @@ def _plan(made: MADE, index: int) -> _Plan:
     return plan
 
 
-def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
-    plan = _plan(made, index)
-    D, C, per = made.features, made.context_features, made.columns_per_feature
-    batch = x.shape[:-1]
-    values = x.reshape(-1, D).clone()
-    B = values.shape[0]
-    weight = made.layers[0].weight
-    dtype, device = weight.dtype, weight.device
+@dataclass
+class _Workspace:
+    """Buffers for one batch size and every step's views into them, built once and reused."""
 
-    # Activations are kept feature-major, (units, batch), so that the units of one degree are a
-    # contiguous block of rows that addmm can write in place.
+    inputs: Tensor  # (input columns, B), feature-major
+    values: Tensor  # (D, B), feature-major
+    params: Tensor  # (P, B)
+    layers: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]]  # per step: (out, bias, weight, below)
+    outputs: list[tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]]  # per step
+    writes: list[Tensor]  # per step: the (B, columns) view that receives the encoded feature
+
+
+def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
+    key = (B, dtype, device)
+    if key in plan.workspaces:
+        return plan.workspaces[key]
+    D, C, P, per = made.features, made.context_features, made.params, made.columns_per_feature
     inputs = torch.zeros(C + D * per, B, dtype=dtype, device=device)
-    if C:
-        inputs[:C] = context.expand(*batch, C).reshape(B, C).T.to(dtype)
     hidden = [torch.zeros(layer.weight.shape[0], B, dtype=dtype, device=device) for layer in plan.layers]
     below = [inputs, *hidden[:-1]]
-    last = hidden[-1] if hidden else inputs
-    activate = _IN_PLACE.get(type(made.activation))
-
-    offsets_below = [plan.inputs] + [layer.offsets for layer in plan.layers[:-1]]
+    ends_below = [plan.inputs] + [layer.offsets for layer in plan.layers[:-1]]
+    last, last_ends = (hidden[-1], plan.layers[-1].offsets) if hidden else (inputs, plan.inputs)
+    params = torch.zeros(P, B, dtype=dtype, device=device)
+    layers, outputs, writes = [], [], []
     for t, d in enumerate(plan.order):
-        for layer, h, h_below, ends_below in zip(plan.layers, hidden, below, offsets_below):
+        jobs = []
+        for layer, h, h_below, ends in zip(plan.layers, hidden, below, ends_below):
             lo, hi = (layer.offsets[t - 1] if t else 0), layer.offsets[t]
             if hi > lo:
-                k = ends_below[t]
-                block = h[lo:hi]
-                torch.addmm(layer.bias[lo:hi], layer.weight[lo:hi, :k], h_below[:k], out=block)
-                if activate is not None:
-                    activate(block)
-                else:
-                    block.copy_(made.activation(block))
+                k = ends[t]
+                jobs.append((h[lo:hi], layer.bias[lo:hi], layer.weight[lo:hi, :k], h_below[:k]))
+        layers.append(jobs)
+        k, j = last_ends[t], plan.inputs[t]
+        direct = None if plan.direct is None else plan.direct[d, :, :j]
+        outputs.append((plan.output_bias[d], plan.output[d, :, :k], last[:k], direct, inputs[:j] if plan.direct is not None else None))
+        writes.append(inputs[C + t * per : C + (t + 1) * per].T)
+    workspace = _Workspace(inputs, torch.zeros(D, B, dtype=dtype, device=device), params, layers, outputs, writes)
+    plan.workspaces.clear()  # keep one batch size: memory stays bounded
+    plan.workspaces[key] = workspace
+    return workspace
+
+
+def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
+    plan = _plan(made, index)
+    D, C = made.features, made.context_features
+    batch = x.shape[:-1]
+    flat = x.reshape(-1, D)
+    B = flat.shape[0]
+    weight = made.layers[0].weight
+    space = _workspace(plan, made, B, weight.dtype, weight.device)
+    # Activations are feature-major, (units, batch), so that the units of one degree are a
+    # contiguous block of rows that addmm writes in place. Every unit is written before it is read.
+    if C:
+        space.inputs[:C] = context.expand(*batch, C).reshape(B, C).T
+    values = space.values if flat.dtype == space.values.dtype else torch.empty(D, B, dtype=flat.dtype, device=flat.device)
+    values.copy_(flat.T)
+    rows = values.unbind(0)
+    params = space.params.T if len(batch) == 1 else space.params.T.reshape(*batch, -1)
+    activate = _IN_PLACE.get(type(made.activation))
+    for t, d in enumerate(plan.order):
+        for out, bias, weight_block, below in space.layers[t]:
+            torch.addmm(bias, weight_block, below, out=out)
+            if activate is not None:
+                activate(out)
+            else:
+                out.copy_(made.activation(out))
         if d in visit:
-            k = plan.layers[-1].offsets[t] if plan.layers else plan.inputs[t]
-            params = torch.addmm(plan.output_bias[d], plan.output[d, :, :k], last[:k])
-            if plan.direct is not None:
-                params = params.addmm_(plan.direct[d, :, : plan.inputs[t]], inputs[: plan.inputs[t]])
-            params = params.T.reshape(*batch, params.shape[0])
-            values[:, d] = step(d, params, values[:, d].reshape(batch)).reshape(B)
-        start = C + t * per
-        inputs[start : start + per] = encode(values[:, d : d + 1]).T
-    return values.reshape(x.shape)
+            bias, weight_block, last, direct, inputs = space.outputs[t]
+            torch.addmm(bias, weight_block, last, out=space.params)
+            if direct is not None:
+                space.params.addmm_(direct, inputs)
+            current = rows[d] if len(batch) == 1 else rows[d].reshape(batch)
+            rows[d].copy_(step(d, params, current).reshape(-1))
+        space.writes[t].copy_(encode(rows[d].unsqueeze(-1)))
+    return values.T.reshape(x.shape).clone()

@@ -196,10 +196,12 @@ class TestShape:
         expand = params.expand(K + 1, -1, -1).transpose(0, 1)
         y, ladj = rational_quadratic_spline(x_knots, expand, bound=B)
         torch.testing.assert_close(y, y_knots, rtol=0, atol=1e-12)
-        torch.testing.assert_close(ladj, derivatives.log(), rtol=0, atol=1e-10)
+        # The reference knots (torch.softmax) and the spline's own differ by rounding, which moves a
+        # point "at" a knot by an ulp into a bin where the derivative may change steeply.
+        torch.testing.assert_close(ladj, derivatives.log(), rtol=0, atol=1e-8)
         x, inverse_ladj = rational_quadratic_spline(y_knots, expand, inverse=True, bound=B)
         torch.testing.assert_close(x, x_knots, rtol=0, atol=1e-12)
-        torch.testing.assert_close(inverse_ladj, -derivatives.log(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(inverse_ladj, -derivatives.log(), rtol=0, atol=1e-8)
 
     def test_one_bin_is_the_identity(self):
         x, params = draw((100,), bins=1, scale=5.0, low=-2 * B, high=2 * B, seed=13)
