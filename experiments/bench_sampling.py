@@ -1,8 +1,9 @@
 """Exact sampling speed: flowkit's incremental engine against the plain D-pass loop, one forward
 pass (the floor), and the equivalent samplers of nflows, zuko and Pyro, in one run.
 
-Each figure is the median of several timed runs after a warm-up, on the same inputs and the same
-number of threads. Writes ``experiments/results/bench_sampling.json`` and ``bench_sampling.md``.
+Each figure is the median of several timed runs after a warm-up (9 for flowkit and for every
+sampler of the small spline task, 3 for the slow D-pass samplers of the large tasks), with the
+same sizes and the same number of threads. Writes ``experiments/results/bench_sampling.json`` and ``bench_sampling.md``.
 
     python experiments/bench_sampling.py              # about 5 minutes on 2 cores
     python experiments/bench_sampling.py --device cuda
@@ -122,7 +123,7 @@ def peer_maf(features, layers, hidden, transformer, bins=8, bound=3.0):
     return peers
 
 
-def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000):
+def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000, peer_repeats=3):
     flow = flowkit.MAF(features, layers, hidden, transformer=transformer, bins=8 if transformer == "spline" else None,
                        seed=0).to(args.device).eval()
     x = torch.randn(n, features, device=args.device)
@@ -132,7 +133,7 @@ def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000):
     with torch.no_grad():
         figures["flowkit engine"] = median_seconds(lambda: flow.sample(n), args.repeats, args.device)
         step = lambda d, p: layer.transformer.inverse(z[:, d], p)[0]  # noqa: E731
-        one_layer = median_seconds(lambda: plain_loop(layer.made, lambda v: v, step, z.clone()), 3, args.device)
+        one_layer = median_seconds(lambda: plain_loop(layer.made, lambda v: v, step, z.clone()), peer_repeats, args.device)
         figures["plain D-pass loop"] = one_layer * layers
         figures["one forward pass (floor)"] = median_seconds(lambda: flow.log_prob(x), args.repeats, args.device)
         for peer, model in peer_maf(features, layers, hidden, transformer).items():
@@ -141,16 +142,16 @@ def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000):
                 continue
             if peer == "nflows":
                 model = model.to(args.device)
-                figures[peer] = median_seconds(lambda: model.sample(n), 3, args.device)
+                figures[peer] = median_seconds(lambda: model.sample(n), peer_repeats, args.device)
             elif peer == "zuko":
                 model = model.to(args.device)
-                figures[peer] = median_seconds(lambda: model().sample((n,)), 3, args.device)
+                figures[peer] = median_seconds(lambda: model().sample((n,)), peer_repeats, args.device)
             else:
                 distribution, modules = model
                 if args.device != "cpu":
                     figures[peer] = None  # the Pyro base above is built on the CPU
                     continue
-                figures[peer] = median_seconds(lambda: distribution.sample((n,)), 3, args.device)
+                figures[peer] = median_seconds(lambda: distribution.sample((n,)), peer_repeats, args.device)
     rows.append((name, figures))
 
 
@@ -164,7 +165,8 @@ def main() -> None:
     rows: list = []
     bench_bernoulli(args, rows)
     bench_maf(args, rows, "MAF D=63, 5 affine layers, 2x512, 1000 samples", 63, 5, [512, 512], "affine")
-    bench_maf(args, rows, "spline MAF D=8, 5 layers, 2x100, 8 bins, 1000 samples", 8, 5, [100, 100], "spline")
+    bench_maf(args, rows, "spline MAF D=8, 5 layers, 2x100, 8 bins, 1000 samples", 8, 5, [100, 100], "spline",
+              peer_repeats=args.repeats)  # cheap: as many repeats as flowkit's
 
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads") + f", torch {torch.__version__}"

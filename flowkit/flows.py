@@ -106,22 +106,22 @@ class Flow(nn.Module):
                 generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised samples: gradients reach the transforms' parameters, and the base's
         when it has an ``rsample`` (a standard normal has no parameters; a MADE MoG has none)."""
-        return self.rsample_and_log_prob(sample_shape, context, generator)[0]
+        return self._draw(sample_shape, context, generator)[0]
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         """Samples without gradients."""
         with torch.no_grad():
-            return self.rsample_and_log_prob(sample_shape, context, generator, reparameterised=False)[0]
+            return self._draw(sample_shape, context, generator, reparameterised=False)[0]
 
     def sample_and_log_prob(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         r"""Samples and their log-densities, in the noise-to-data direction only:
         :math:`\log p(x) = \log p_0(z) - \log|\det J_{f^{-1}}(z)|`. One pass for an IAF.
         Gradients flow (reparameterised) when the base allows it."""
-        return self.rsample_and_log_prob(sample_shape, context, generator)
+        return self._draw(sample_shape, context, generator)
 
-    def rsample_and_log_prob(self, sample_shape, context=None, generator=None, reparameterised=True):
+    def _draw(self, sample_shape, context=None, generator=None, reparameterised=True) -> tuple[Tensor, Tensor]:
         check_context(context, self.context_features, torch.Size())
         shape = _sample_shape(sample_shape)
         if context is not None:
@@ -161,6 +161,15 @@ class FlowDistribution(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.flow.log_prob(value, self.context)
+
+
+def _flow(inverse, features, transforms, hidden_features, transformer, context_features, batch_norm,
+          permutation, base, seed, bins, bound, made_options) -> Flow:
+    """The flow of :func:`MAF` (``inverse=False``) or :func:`IAF` (each layer inverted)."""
+    options = {k: v for k, v in (("bins", bins), ("bound", bound)) if v is not None}
+    transform = _layers(features, transforms, hidden_features, transformer, context_features, batch_norm,
+                        permutation, seed, inverse, options, made_options)
+    return Flow(transform, StandardNormal(features) if base is None else base, context_features)
 
 
 def _layers(features: int, transforms: int, hidden_features, transformer, context_features, batch_norm,
@@ -223,10 +232,8 @@ def MAF(
         >>> flow.log_prob(torch.randn(5, 3)).shape
         torch.Size([5])
     """
-    options = {k: v for k, v in (("bins", bins), ("bound", bound)) if v is not None}
-    transform = _layers(features, transforms, hidden_features, transformer, context_features, batch_norm,
-                        permutation, seed, False, options, made_options)
-    return Flow(transform, StandardNormal(features) if base is None else base, context_features)
+    return _flow(False, features, transforms, hidden_features, transformer, context_features, batch_norm,
+                 permutation, base, seed, bins, bound, made_options)
 
 
 def IAF(
@@ -255,7 +262,5 @@ def IAF(
         >>> torch.allclose(flow.log_prob(x), log_p, atol=1e-4)
         True
     """
-    options = {k: v for k, v in (("bins", bins), ("bound", bound)) if v is not None}
-    transform = _layers(features, transforms, hidden_features, transformer, context_features, batch_norm,
-                        permutation, seed, True, options, made_options)
-    return Flow(transform, StandardNormal(features) if base is None else base, context_features)
+    return _flow(True, features, transforms, hidden_features, transformer, context_features, batch_norm,
+                 permutation, base, seed, bins, bound, made_options)
