@@ -2,6 +2,7 @@ r"""Flows: a base distribution and a transform, with MAF and IAF built on the sh
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -135,9 +136,13 @@ class Flow(nn.Module):
         return x, log_base - logabsdet
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
-        """The flow as a :class:`torch.distributions.Distribution` (batch shape of the context)."""
+        """The flow as a :class:`torch.distributions.Distribution` (batch shape of the context).
+
+        Where Pyro is installed, the object is also a Pyro distribution (it mixes in Pyro's
+        ``TorchDistributionMixin``), so ``pyro.sample("z", flow.distribution(h))`` works in models
+        and guides, reparameterised, with ``SVI`` and ``Trace_ELBO``."""
         check_context(context, self.context_features, torch.Size())
-        return FlowDistribution(self, context)
+        return _distribution_class()(self, context)
 
 
 class FlowDistribution(Distribution):
@@ -161,6 +166,19 @@ class FlowDistribution(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.flow.log_prob(value, self.context)
+
+    def __call__(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """A draw, reparameterised when possible: the calling convention of Pyro's ``pyro.sample``."""
+        return self.rsample(sample_shape) if self.has_rsample else self.sample(sample_shape)
+
+
+@functools.cache
+def _distribution_class() -> type[FlowDistribution]:
+    try:
+        from pyro.distributions.torch_distribution import TorchDistributionMixin
+    except ImportError:
+        return FlowDistribution
+    return type("PyroFlowDistribution", (FlowDistribution, TorchDistributionMixin), {"__module__": __name__})
 
 
 def _flow(inverse, features, transforms, hidden_features, transformer, context_features, batch_norm,

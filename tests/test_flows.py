@@ -510,3 +510,29 @@ def test_both_directions_return_the_layer_dtype():
     x = torch.randn(4, 3, dtype=torch.float64)
     assert layer(x)[0].dtype == torch.float32
     assert layer.inverse(x)[0].dtype == torch.float32
+
+
+def test_flow_distribution_works_as_a_pyro_guide():
+    pyro = pytest.importorskip("pyro")
+    import pyro.distributions as dist
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    flow = MAF(2, 2, [16], seed=0)
+    target = torch.tensor([1.0, -2.0])
+
+    def model():
+        pyro.sample("z", dist.Normal(target, 0.5).to_event(1))
+
+    def guide():
+        pyro.module("flow", flow)
+        pyro.sample("z", flow.distribution())
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 3e-2}), Trace_ELBO(num_particles=4))
+    for _ in range(250):
+        svi.step()
+    with torch.no_grad():
+        samples = flow.sample(4000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(samples.mean(0), target, atol=0.15, rtol=0)
+    torch.testing.assert_close(samples.std(0), torch.full((2,), 0.5), atol=0.1, rtol=0)
