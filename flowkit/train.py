@@ -3,23 +3,51 @@
 from __future__ import annotations
 
 import copy
+import csv
+import dataclasses
+import json
 import math
+import os
+import tempfile
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["History", "fit", "evaluate"]
 
+SCHEDULES = ("constant", "cosine", "plateau")
+LOG_FIELDS = ("epoch", "train_nll", "valid_nll", "lr", "seconds")
+
 
 @dataclass
 class History:
-    """Per-epoch mean training and validation NLL (nats), and the epoch that was kept."""
+    """Per-epoch mean training and validation NLL (nats), the learning rate each epoch ran with,
+    and the epoch that was kept (0-based).
+
+    Example:
+        >>> history = History([2.0, 1.5], [2.1, 1.7], 1, 1.7, [1e-3, 1e-3])
+        >>> History.from_dict(history.to_dict()) == history
+        True
+    """
 
     train_nll: list[float] = field(default_factory=list)
     valid_nll: list[float] = field(default_factory=list)
     best_epoch: int = -1
     best_valid_nll: float = math.inf
+    lr: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The history as plain lists and numbers (for JSON or a checkpoint)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> History:
+        """The inverse of :meth:`to_dict`."""
+        return cls(**copy.deepcopy(state))
 
 
 def fit(
@@ -35,6 +63,12 @@ def fit(
     ensemble: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant",
+    clip: float | None = None,
+    device: str | torch.device | None = None,
+    log: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> History:
     r"""Fits a density by Adam on the mean negative log-likelihood, with early stopping.
 
@@ -42,6 +76,11 @@ def fit(
     (connectivity-agnostic training). After each epoch the validation NLL is measured (with the
     ensemble of the first ``ensemble`` mask sets, if given); training stops after ``patience``
     epochs without improvement and the best model is restored.
+
+    The minibatch order comes only from a generator seeded with ``seed``. With ``checkpoint``
+    the whole training state is written after every epoch (atomically: a temporary file in the
+    same folder, then :func:`os.replace`); with ``resume=True`` a run continues from it and ends
+    with exactly the weights of an uninterrupted run with the same settings and data.
 
     Arguments:
         model: a density with ``log_prob(x)``, such as :class:`flowkit.BernoulliMADE`.
@@ -52,9 +91,18 @@ def fit(
         ensemble: the mask sets used to score the validation data.
         seed: the seed of the minibatch shuffling.
         progress: show a tqdm bar.
+        lr_schedule: ``"constant"``; ``"cosine"`` (annealed to zero over ``epochs``);
+            ``"plateau"`` (halved after ``patience // 2`` epochs without a better validation NLL).
+        clip: the largest gradient norm (over all parameters), or ``None``.
+        device: where to train; the model and each minibatch are moved there (default: the
+            model's device).
+        log: a ``.jsonl`` or ``.csv`` file to which one row per epoch is appended:
+            ``epoch`` (1-based), ``train_nll``, ``valid_nll``, ``lr``, ``seconds``.
+        checkpoint: the file holding the training state after the last finished epoch.
+        resume: continue from ``checkpoint`` if it exists (else start afresh).
 
     Returns:
-        The :class:`History` of the run.
+        The :class:`History` of the run (of the whole run when resumed).
 
     Example:
         >>> model = flowkit.BernoulliMADE(4, [16], seed=0)
@@ -63,39 +111,90 @@ def fit(
         >>> len(history.train_nll)
         2
     """
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"expected lr_schedule in {SCHEDULES}, got {lr_schedule!r}")
+    if lr_schedule == "plateau" and valid is None:
+        raise ValueError("lr_schedule='plateau' needs validation data, got valid=None")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path, got checkpoint=None")
+    log_format = None if log is None else _log_format(log)
+    device = _device_of(model) if device is None else torch.device(device)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = _scheduler(optimizer, lr_schedule, epochs, patience)
     generator = torch.Generator().manual_seed(seed)
     made = getattr(model, "made", None)
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                    ensemble=ensemble, seed=seed, lr_schedule=lr_schedule, clip=clip, train_size=len(train))
     history = History()
     best_state = copy.deepcopy(model.state_dict())
-    epoch_range = range(epochs)
+    start, stopped = 0, False
+    if resume and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        _check_settings(state["settings"], settings, checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history = History.from_dict(state["history"])
+        best_state, start, stopped = state["best_state"], state["epoch"], state["stopped"]
+
+    epoch_range = range(start, start if stopped else epochs)
     if progress:
         from tqdm.auto import tqdm
 
-        epoch_range = tqdm(epoch_range, desc="fit", unit="epoch")
+        epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=start, total=epochs)
     for epoch in epoch_range:
+        began = time.perf_counter()
         model.train()
+        history.lr.append(optimizer.param_groups[0]["lr"])
         total = 0.0
         for rows in torch.randperm(len(train), generator=generator).split(batch_size):
-            loss = -model.log_prob(train[rows]).mean()
+            loss = -model.log_prob(train[rows].to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             total += float(loss.detach()) * len(rows)
             if made is not None and made.num_masks > 1:
                 made.next_mask()
         history.train_nll.append(total / len(train))
-        if valid is None:
-            continue
-        score, _ = evaluate(model, valid, ensemble=ensemble, batch_size=max(batch_size, 1000))
-        history.valid_nll.append(score)
-        if score < history.best_valid_nll:
-            history.best_valid_nll, history.best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - history.best_epoch >= patience:
-            break
+        score = None
+        if valid is not None:
+            score, _ = evaluate(model, valid, ensemble=ensemble, batch_size=max(batch_size, 1000))
+            history.valid_nll.append(score)
+            if score < history.best_valid_nll:
+                history.best_valid_nll, history.best_epoch = score, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stopped = epoch - history.best_epoch >= patience
+        if lr_schedule == "plateau":
+            scheduler.step(score)
+        elif scheduler is not None:
+            scheduler.step()
+        if log is not None:
+            row = dict(epoch=epoch + 1, train_nll=history.train_nll[-1], valid_nll=score,
+                       lr=history.lr[-1], seconds=time.perf_counter() - began)
+            _append_row(log, log_format, row)
+        if checkpoint is not None:
+            _save_atomic({
+                "settings": settings, "epoch": epoch + 1, "stopped": stopped,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "history": history.to_dict(), "best_state": best_state,
+            }, checkpoint)
         if progress:
-            epoch_range.set_postfix(train=f"{history.train_nll[-1]:.3f}", valid=f"{score:.3f}")
+            epoch_range.set_postfix(train=f"{history.train_nll[-1]:.3f}",
+                                    **({} if score is None else {"valid": f"{score:.3f}"}))
+        if stopped:
+            break
     if valid is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -108,6 +207,9 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean negative log-likelihood of ``data`` in nats and its standard error.
 
+    ``data`` is moved to the model's device chunk by chunk; ``ensemble`` is passed on only when
+    given, so densities without mask sets (a :class:`flowkit.Flow`) are scored too.
+
     Example:
         >>> model = flowkit.BernoulliMADE(3, [8], seed=0)
         >>> nll, se = evaluate(model, torch.ones(10, 3))
@@ -116,7 +218,74 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    nll = torch.cat([-model.log_prob(chunk, ensemble=ensemble) for chunk in data.split(batch_size)])
+    device = _device_of(model)
+    options = {} if ensemble is None else {"ensemble": ensemble}
+    nll = torch.cat([-model.log_prob(chunk.to(device), **options).cpu() for chunk in data.split(batch_size)])
     model.train(was_training)
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
     return float(nll.mean()), stderr
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, lr_schedule: str, epochs: int, patience: int):
+    if lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if lr_schedule == "plateau":
+        # torch reduces after more than `patience` bad epochs; we halve after `patience // 2`,
+        # and count as better exactly what early stopping counts (threshold 0).
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=0.5, patience=max(patience // 2 - 1, 0), threshold=0.0)
+    return None
+
+
+def _check_settings(saved: dict, settings: dict, path: str | Path) -> None:
+    # Only the number of epochs may grow, and not under a cosine schedule (it anneals over it).
+    changed = [key for key in settings if saved.get(key) != settings[key]
+               and (key != "epochs" or settings["lr_schedule"] == "cosine")]
+    if changed:
+        differences = ", ".join(f"{key} {saved.get(key)!r} -> {settings[key]!r}" for key in changed)
+        raise ValueError(f"cannot resume from {path}: the settings changed ({differences})")
+
+
+def _log_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise ValueError(f"expected a log file ending in .jsonl or .csv, got {str(path)!r}")
+
+
+def _append_row(path: str | Path, log_format: str, row: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as file:
+        if log_format == "jsonl":
+            file.write(json.dumps(row) + "\n")
+        else:
+            writer = csv.DictWriter(file, fieldnames=LOG_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def _save_atomic(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

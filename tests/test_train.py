@@ -1,14 +1,18 @@
-"""Training: early stopping, mask cycling, evaluation, and the digits baseline comparison."""
+"""Training: early stopping, mask cycling, evaluation, the digits baseline comparison, and
+checkpoints, exact resuming, lr schedules, gradient clipping and metric logs."""
 
+import csv
+import json
 import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import flowkit
 from flowkit.baselines import IndependentBernoulli
 from flowkit.data import digits
-from flowkit.train import evaluate, fit
+from flowkit.train import History, evaluate, fit
 
 
 @pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
@@ -63,3 +67,164 @@ def test_evaluate_matches_log_prob_and_restores_training_mode():
     assert math.isclose(nll, float(values.mean()), rel_tol=1e-6)
     assert math.isclose(se, float(values.std() / math.sqrt(40)), rel_tol=1e-5)
     assert model.training
+
+
+# Checkpoints, resuming, schedules, clipping and logs, on small models that train in milliseconds.
+
+_BINARY = (torch.rand(60, 6, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+_GAUSS = torch.randn(64, 2, generator=torch.Generator().manual_seed(2)) * torch.tensor([1.0, 3.0])
+
+
+def _made():
+    return flowkit.BernoulliMADE(6, [16], num_masks=3, order_agnostic=True, seed=0)
+
+
+def _maf():
+    return flowkit.MAF(2, 2, [16], batch_norm=True, seed=0)
+
+
+CASES = {  # model, train, valid, options
+    "made-masks": (_made, _BINARY[:40], _BINARY[40:], dict(batch_size=16, lr=1e-2, ensemble=3)),
+    "maf-batchnorm": (_maf, _GAUSS[:48], _GAUSS[48:], dict(batch_size=16, lr=1e-2)),
+    "made-plateau-clip": (_made, _BINARY[:40], _BINARY[40:], dict(batch_size=16, lr=5e-2, patience=2,
+                                                                  lr_schedule="plateau", clip=0.5)),
+}
+
+
+def _assert_same_model(a, b):
+    for (name, x), (_, y) in zip([*a.named_parameters(), *a.named_buffers()],
+                                 [*b.named_parameters(), *b.named_buffers()]):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_run_stopped_and_resumed_on_a_fresh_model_equals_an_uninterrupted_run(case, tmp_path):
+    build, train, valid, options = CASES[case]
+    straight = build()
+    expected = fit(straight, train, valid, epochs=6, checkpoint=tmp_path / "straight.pt", **options)
+    fit(build(), train, valid, epochs=3, checkpoint=tmp_path / "run.pt", **options)
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["epoch"] == 3
+    resumed = build()
+    history = fit(resumed, train, valid, epochs=6, checkpoint=tmp_path / "run.pt", resume=True, **options)
+    assert history == expected and len(history.train_nll) > 3  # plateau-clip stops early at 4
+    _assert_same_model(resumed, straight)
+    again = build()  # the finished checkpoint: nothing left to train, the best model is restored
+    assert fit(again, train, valid, epochs=6, checkpoint=tmp_path / "run.pt", resume=True, **options) == expected
+    _assert_same_model(again, straight)
+
+
+@pytest.mark.parametrize("build, train, valid", [(_made, _BINARY[:40], _BINARY[40:]),
+                                                 (_maf, _GAUSS[:48], _GAUSS[48:])])
+def test_a_crash_mid_epoch_resumes_exactly_under_a_cosine_schedule(build, train, valid, tmp_path, monkeypatch):
+    options = dict(epochs=6, batch_size=16, lr=1e-2, lr_schedule="cosine")
+    straight = build()
+    expected = fit(straight, train, valid, **options)
+
+    calls = []
+
+    def crash_in_the_fourth_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # epoch 4 has trained, the checkpoint of epoch 3 is on disk
+            raise RuntimeError("killed")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(flowkit.train, "evaluate", crash_in_the_fourth_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(build(), train, valid, checkpoint=tmp_path / "run.pt", **options)
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "run.pt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["scheduler"]["last_epoch"] == 3
+
+    resumed = build()
+    history = fit(resumed, train, valid, checkpoint=tmp_path / "run.pt", resume=True, **options)
+    assert history == expected
+    _assert_same_model(resumed, straight)
+    with pytest.raises(ValueError, match="epochs 6 -> 8"):  # cosine anneals over `epochs`
+        fit(build(), train, valid, checkpoint=tmp_path / "run.pt", resume=True, **{**options, "epochs": 8})
+
+
+def test_resume_without_a_checkpoint_file_starts_afresh(tmp_path):
+    fresh, resumed = _made(), _made()
+    expected = fit(fresh, _BINARY, epochs=2, batch_size=16)
+    assert fit(resumed, _BINARY, epochs=2, batch_size=16, checkpoint=tmp_path / "new.pt", resume=True) == expected
+    _assert_same_model(resumed, fresh)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(_made(), _BINARY, epochs=1, resume=True)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    real_save = torch.save
+
+    def save_then_fail_at_epoch_3(state, file, *args, **kwargs):
+        if state["epoch"] < 3:
+            return real_save(state, file, *args, **kwargs)
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_fail_at_epoch_3)
+    with pytest.raises(OSError, match="disk full"):
+        fit(_made(), _BINARY, epochs=5, batch_size=16, checkpoint=path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+
+    straight, resumed = _made(), _made()
+    expected = fit(straight, _BINARY, epochs=5, batch_size=16)
+    assert fit(resumed, _BINARY, epochs=5, batch_size=16, checkpoint=path, resume=True) == expected
+    _assert_same_model(resumed, straight)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "metrics.csv"])
+def test_the_log_has_one_row_per_epoch_and_cosine_lowers_the_lr(name, tmp_path):
+    path = tmp_path / name
+    fit(_made(), _BINARY[:40], _BINARY[40:], epochs=4, batch_size=16, lr_schedule="cosine", log=path)
+    if name.endswith(".csv"):
+        rows = list(csv.DictReader(path.open()))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 4
+    assert all(list(row) == ["epoch", "train_nll", "valid_nll", "lr", "seconds"] for row in rows)
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    lrs = [float(row["lr"]) for row in rows]
+    assert lrs[0] == 1e-3 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
+    assert all(float(row["seconds"]) >= 0 and math.isfinite(float(row["valid_nll"])) for row in rows)
+    with pytest.raises(ValueError, match=r"\.jsonl or \.csv"):
+        fit(_made(), _BINARY, epochs=1, log=tmp_path / "metrics.txt")
+
+
+def test_plateau_halves_the_lr_after_half_the_patience_without_improvement(tmp_path, monkeypatch):
+    monkeypatch.setattr(flowkit.train, "evaluate", lambda *args, **kwargs: (1.0, 0.0))  # never improves again
+    history = fit(_made(), _BINARY, _BINARY, epochs=10, batch_size=16, lr=1e-2, patience=4,
+                  lr_schedule="plateau", checkpoint=tmp_path / "run.pt")
+    assert history.lr == [1e-2, 1e-2, 1e-2, 5e-3, 5e-3] and history.best_epoch == 0
+    assert torch.load(tmp_path / "run.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 2.5e-3
+    with pytest.raises(ValueError, match="validation"):
+        fit(_made(), _BINARY, epochs=1, lr_schedule="plateau")
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_clip_bounds_the_gradient_norm_at_every_step(clip):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fit(_made(), _BINARY, epochs=2, batch_size=16, clip=clip, device="cpu")
+    finally:
+        handle.remove()
+    assert len(norms) == 8
+    if clip is None:
+        assert max(norms) > 0.05
+    else:
+        assert max(norms) <= clip * (1 + 1e-5)
+
+
+def test_history_round_trips_through_a_dict_and_json():
+    history = fit(_made(), _BINARY[:40], _BINARY[40:], epochs=2, batch_size=16)
+    assert History.from_dict(history.to_dict()) == history
+    assert History.from_dict(json.loads(json.dumps(history.to_dict()))) == history
+    assert History.from_dict(History().to_dict()) == History()
