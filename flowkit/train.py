@@ -7,8 +7,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from flowkit.atomic import atomic_path
 
 __all__ = ["History", "fit", "evaluate"]
 
@@ -277,15 +277,5 @@ def _append_row(path: str | Path, log_format: str, row: dict[str, Any]) -> None:
 
 
 def _save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as partial:
+        torch.save(state, partial)

@@ -5,6 +5,8 @@ import csv
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -159,7 +161,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary_file
     def save_then_fail_at_epoch_3(state, file, *args, **kwargs):
         if state["epoch"] < 3:
             return real_save(state, file, *args, **kwargs)
-        file.write(b"half a checkpoint")
+        Path(file).write_bytes(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", save_then_fail_at_epoch_3)

@@ -1,0 +1,160 @@
+r"""The user's own data from ``.npy``, ``.npz`` or ``.csv`` files: validated, typed, split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowkit.data.digits import Splits
+
+__all__ = ["MAX_CATEGORIES", "load_file", "split"]
+
+Kind = Literal["auto", "binary", "categorical", "continuous"]
+MAX_CATEGORIES = 256
+"""Non-negative integers below this are taken as categories when the kind is inferred."""
+
+
+def _read(path: Path) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            if len(keys) == 1:
+                return archive[keys[0]]
+            for key in ("x", "data"):
+                if key in keys:
+                    return archive[key]
+        raise ValueError(f"{path.name} holds several arrays {keys}: expected one, or one named 'x' or 'data'")
+    if suffix == ".csv":
+        return _read_csv(path)
+    raise ValueError(f"expected a .npy, .npz or .csv file, got {path.name}")
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path) as file:
+        first = file.readline()
+    header = not all(_is_number(field) for field in first.strip().split(","))
+    try:
+        return np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
+    except ValueError as error:
+        raise ValueError(f"expected numeric values in {path.name} (one optional header line): {error}") from None
+
+
+def _validate(x: np.ndarray, name: str) -> np.ndarray:
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"expected numeric values in {name}, got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array (N, D) in {name}, got shape {x.shape}")
+    if len(x) < 2:
+        raise ValueError(f"expected at least 2 rows in {name}, got {len(x)}")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise ValueError(
+                f"expected finite values in {name}, got {int(bad.sum())} NaN or inf, the first {x[row, column]} "
+                f"at row {row}, column {column}"
+            )
+    return x
+
+
+def _examples(values: np.ndarray) -> str:
+    unique = np.unique(values)
+    shown = ", ".join(f"{v:g}" for v in unique[:5].tolist())
+    return shown + (f", ... ({len(unique)} distinct)" if len(unique) > 5 else "")
+
+
+def _as_categories(x: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Integer codes if ``x`` holds only non-negative integers, else the reason it does not."""
+    integral = np.equal(x, np.round(x)) if np.issubdtype(x.dtype, np.floating) else np.ones(x.shape, bool)
+    if not integral.all():
+        return x, f"non-integer values {_examples(x[~integral])}"
+    if (x < 0).any():
+        return x, f"negative values {_examples(x[x < 0])}"
+    return x.astype(np.int64), None
+
+
+def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str, str]:
+    """Load a data set ``(N, D)`` from ``.npy``, ``.npz`` or ``.csv``, check it and settle its kind.
+
+    ``.npz`` files must hold one array, or one named ``x`` or ``data``; ``.csv`` files are
+    comma-separated numbers with an optional header line. The array must be 2-D, numeric, finite,
+    with at least 2 rows. With ``kind="auto"``: only 0 and 1 makes it ``"binary"``; non-negative
+    integers below :data:`MAX_CATEGORIES` make it ``"categorical"`` with ``K = max + 1``; anything
+    else is ``"continuous"``. A declared kind that the values contradict raises ``ValueError``.
+
+    Returns:
+        ``(x, kind, message)``: ``x`` float32 0/1 (binary), ``long`` codes (categorical) or float32
+        (continuous); the kind chosen; a sentence saying why.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     np.save(f"{folder}/x.npy", np.array([[0, 3], [2, 1]]))
+        ...     x, kind, message = load_file(f"{folder}/x.npy")
+        >>> kind, x.dtype, message
+        ('categorical', torch.int64, 'categorical with K = 4: every value is an integer in 0..3 (2 x 2)')
+    """
+    path = Path(path)
+    x = _validate(_read(path), path.name)
+    size = f"({x.shape[0]} x {x.shape[1]})"
+    if kind not in ("auto", "binary", "categorical", "continuous"):
+        raise ValueError(f"expected kind 'auto', 'binary', 'categorical' or 'continuous', got {kind!r}")
+    if kind == "continuous":
+        return torch.from_numpy(x.astype(np.float32)), kind, f"continuous (declared) {size}"
+    binary = np.isin(x, (0, 1))
+    if binary.all() and kind in ("auto", "binary"):
+        how = "declared" if kind == "binary" else "every value is 0 or 1"
+        return torch.from_numpy(x.astype(np.float32)), "binary", f"binary: {how} {size}"
+    if kind == "binary":
+        raise ValueError(f"declared binary, but {path.name} holds values other than 0 and 1: {_examples(x[~binary])}")
+    codes, reason = _as_categories(x)
+    if kind == "categorical":
+        if reason is not None:
+            raise ValueError(f"declared categorical, but {path.name} holds {reason}")
+        top = int(codes.max())
+        return torch.from_numpy(codes), kind, f"categorical with K = {top + 1} (declared): values in 0..{top} {size}"
+    if reason is None and codes.max() < MAX_CATEGORIES:
+        top = int(codes.max())
+        message = f"categorical with K = {top + 1}: every value is an integer in 0..{top} {size}"
+        return torch.from_numpy(codes), "categorical", message
+    if reason is None:
+        reason = f"integers up to {int(codes.max())}, not below {MAX_CATEGORIES}"
+    return torch.from_numpy(x.astype(np.float32)), "continuous", f"continuous: {reason} {size}"
+
+
+def split(x: Tensor, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
+    """Shuffle the rows of ``x: (N, D)`` with ``seed`` and cut them into train, valid and test.
+
+    ``valid`` and ``test`` are fractions of ``N``, each rounded down; the rest is training data.
+
+    Example:
+        >>> tuple(len(part) for part in split(torch.arange(20).view(10, 2)))
+        (8, 1, 1)
+    """
+    if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
+        raise ValueError(f"expected fractions valid, test >= 0 with valid + test < 1, got {valid} and {test}")
+    n = len(x)
+    n_valid, n_test = int(valid * n), int(test * n)
+    if n - n_valid - n_test < 1:
+        raise ValueError(f"expected at least one training row, got N = {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    x = x[perm]
+    return Splits(x[: n - n_valid - n_test], x[n - n_valid - n_test : n - n_test], x[n - n_test :])
