@@ -403,3 +403,29 @@ def test_real_power(monkeypatch):
     _user_cache(monkeypatch)
     train, valid, test = load_power()
     assert (train.shape, valid.shape, test.shape) == ((1659900, 6), (184433, 6), (204925, 6))
+
+
+def test_dequantize_stays_in_each_pixels_bin_and_is_uniform():
+    from flowkit.data import dequantize
+
+    x = torch.randint(0, 256, (4000, 3)).float() / 256
+    y = dequantize(x, generator=torch.Generator().manual_seed(0))
+    assert ((y >= x) & (y < x + 1 / 256)).all()
+    offsets = (y - x) * 256
+    assert abs(float(offsets.mean()) - 0.5) < 0.02 and abs(float(offsets.var()) - 1 / 12) < 0.01
+    with pytest.raises(ValueError, match="k in 0..255"):
+        dequantize(torch.tensor([[1.5]]))
+
+
+def test_logit_transform_log_determinant_matches_autograd():
+    from flowkit.data import logit_transform
+
+    y = torch.rand(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    z, logdet = logit_transform(y, alpha=0.05)
+    for i in range(5):
+        jacobian = torch.autograd.functional.jacobian(lambda v: logit_transform(v[None], alpha=0.05)[0][0], y[i])
+        assert torch.allclose(logdet[i], torch.linalg.slogdet(jacobian).logabsdet)
+    s = 0.05 + 0.9 * y
+    assert torch.allclose(torch.sigmoid(z), s)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        logit_transform(torch.tensor([[1.5]]))

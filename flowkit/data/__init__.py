@@ -4,12 +4,14 @@
 from flowkit.data.digits import DIGITS_SHA256, Splits, binarize, digits, load_digits
 from flowkit.data.fetch import ChecksumError, DataUnavailableError, cache_dir, fetch_package_file
 from flowkit.data.files import load_file, split
+from flowkit.data.images import bits_per_dim, dequantize, logit_transform
 from flowkit.data.mnist import binarized_mnist, load_mnist
 from flowkit.data.power import load_power
 from flowkit.data.toy import TOY, checkerboard, eight_gaussians, pinwheel, rings, two_moons, two_spirals
 
 __all__ = [
     "DIGITS_SHA256", "TOY", "ChecksumError", "DataUnavailableError", "Splits", "binarize", "binarized_mnist",
+    "bits_per_dim", "dequantize", "logit_transform",
     "cache_dir", "checkerboard", "digits", "eight_gaussians", "fetch_package_file", "load_digits", "load_file",
     "load_mnist", "load_power", "pinwheel", "rings", "split", "two_moons", "two_spirals",
 ]
