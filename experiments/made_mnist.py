@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import flowkit  # noqa: E402
-from flowkit.data import binarized_mnist, load_mnist  # noqa: E402
+from flowkit.data import binarized_mnist, bits_per_dim, load_mnist  # noqa: E402
 from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate, fit  # noqa: E402
 
@@ -104,7 +103,7 @@ def main() -> None:
     nll, se = evaluate(categorical, test)
     results["categorical"] = {"levels": args.levels, "epochs": len(history.train_nll),
                               "seconds": round(time.perf_counter() - start), "test_nll": nll, "test_nll_se": se,
-                              "bits_per_dim": nll / (784 * math.log(2))}
+                              "bits_per_dim": bits_per_dim(nll, 784)}
     print(json.dumps(results["categorical"]), flush=True)
     (out / "made_mnist.json").write_text(json.dumps(results, indent=2) + "\n")
 

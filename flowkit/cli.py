@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pickle
 import sys
 import time
@@ -240,7 +239,9 @@ def _check_options(args: argparse.Namespace) -> None:
 def _bits_per_dim(nll: float, config: dict[str, Any]) -> float | None:
     if not config.get("image_shape"):
         return None
-    return nll / (config["features"] * math.log(2))
+    from flowkit.data import bits_per_dim
+
+    return bits_per_dim(nll, config["features"])
 
 
 def _sample(model, n: int, seed: int, device: torch.device) -> torch.Tensor:

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from flowkit.engine import autoregressive
 from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head
 from flowkit.made import MADE
-from flowkit.validation import check_context
+from flowkit.validation import check_context, check_shape
+from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
 
@@ -209,10 +210,7 @@ class AutoregressiveDensity(nn.Module):
         return flat_x.reshape(x.shape)
 
     def _check_x(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.features:
-            raise ValueError(f"expected x of shape (*, {self.features}), got {tuple(x.shape)}")
+        check_shape("x", x, self.features)
         return self.head.validate(x)
 
     def _check_ensemble(self, ensemble: int) -> int:
@@ -226,10 +224,7 @@ class AutoregressiveDensity(nn.Module):
         return value
 
     def _sample_batch(self, sample_shape: int | Sequence[int], context: Tensor | None) -> torch.Size:
-        try:
-            shape = torch.Size([operator.index(sample_shape)])
-        except TypeError:
-            shape = torch.Size(operator.index(n) for n in sample_shape)
+        shape = as_sample_shape(sample_shape)
         check_context(context, self.context_features, torch.Size())
         return shape if context is None else shape + context.shape[:-1]
 

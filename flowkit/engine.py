@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.made import MADE
-from flowkit.validation import check_context, check_finite
+from flowkit.validation import check_context, check_finite, check_shape
 
 __all__ = ["autoregressive"]
 
@@ -95,8 +95,7 @@ def autoregressive(
         visit = {int(d) for d in features}
         if not visit <= set(order):
             raise ValueError(f"expected features in 0..{made.features - 1}, got {sorted(visit - set(order))}")
-    if x.dim() < 1 or x.shape[-1] != made.features:
-        raise ValueError(f"expected x of shape (*, {made.features}), got {tuple(x.shape)}")
+    check_shape("x", x, made.features)
     check_finite("x", x)
     check_context(context, made.context_features, x.shape[:-1])
     if _needs_grad(made, x, context):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,15 +22,9 @@ from flowkit.transforms import (
 )
 from flowkit.transforms.base import check_features
 from flowkit.validation import check_context
+from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["StandardNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
-
-
-def _sample_shape(sample_shape: int | Sequence[int]) -> torch.Size:
-    try:
-        return torch.Size([operator.index(sample_shape)])
-    except TypeError:
-        return torch.Size(operator.index(n) for n in sample_shape)
 
 
 class StandardNormal(nn.Module):
@@ -54,7 +47,7 @@ class StandardNormal(nn.Module):
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        shape = _sample_shape(sample_shape) + (() if context is None else context.shape[:-1])
+        shape = as_sample_shape(sample_shape) + (() if context is None else context.shape[:-1])
         o = self._origin
         return torch.randn(*shape, self.features, generator=generator, dtype=o.dtype, device=o.device)
 
@@ -124,7 +117,7 @@ class Flow(nn.Module):
 
     def _draw(self, sample_shape, context=None, generator=None, reparameterised=True) -> tuple[Tensor, Tensor]:
         check_context(context, self.context_features, torch.Size())
-        shape = _sample_shape(sample_shape)
+        shape = as_sample_shape(sample_shape)
         if context is not None:
             context = context.expand(*shape, *context.shape)
             shape = context.shape[:-1]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit import masks as M
-from flowkit.validation import check_context, check_finite
+from flowkit.validation import check_context, check_finite, check_shape
 
 __all__ = ["MADE", "MaskedLinear", "ConnectivityWarning"]
 
@@ -275,12 +275,7 @@ class MADE(nn.Module):
 
     def inputs(self, x: Tensor, context: Tensor | None) -> Tensor:
         """Validates ``x`` and ``context`` and joins them into the network's input columns."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected x to be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"expected x of shape (*, {self.in_features}), got {tuple(x.shape)}"
-            )
+        check_shape("x", x, self.in_features)
         x = x.to(self.layers[0].weight.dtype)
         check_finite("x", x)
         context = check_context(context, self.context_features, x.shape[:-1])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import operator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["validate", "set_validation", "validation_enabled"]
+__all__ = ["validate", "set_validation", "validation_enabled", "check_shape", "sample_shape"]
 
 _ENABLED = True
 
@@ -43,6 +44,27 @@ def validate(enabled: bool) -> Iterator[None]:
         yield
     finally:
         set_validation(previous)
+
+
+def check_shape(name: str, x: Tensor, features: int) -> None:
+    """Raises when ``x`` is not a tensor of shape ``(*, features)``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != features:
+        raise ValueError(f"expected {name} of shape (*, {features}), got {tuple(x.shape)}")
+
+
+def sample_shape(shape: int | Sequence[int]) -> torch.Size:
+    """A ``sample_shape`` as torch takes it: an int ``n`` means ``(n,)``; numpy integers welcome.
+
+    Example:
+        >>> sample_shape(3), sample_shape((2, 4))
+        (torch.Size([3]), torch.Size([2, 4]))
+    """
+    try:
+        return torch.Size([operator.index(shape)])
+    except TypeError:
+        return torch.Size(operator.index(n) for n in shape)
 
 
 def check_finite(name: str, x: Tensor) -> None:

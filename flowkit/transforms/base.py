@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+from flowkit.validation import check_shape
+
 __all__ = ["Transform", "Composite", "Inverse", "InputOutsideDomain"]
 
 
@@ -79,10 +81,7 @@ class Inverse(Transform):
 
 def check_features(name: str, x: Tensor, features: int) -> None:
     """Raises when ``x`` is not a floating tensor of shape ``(*, features)``."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[-1] != features:
-        raise ValueError(f"expected {name} of shape (*, {features}), got {tuple(x.shape)}")
+    check_shape(name, x, features)
     if not x.dtype.is_floating_point:
         raise TypeError(f"expected {name} to be a floating tensor, got dtype {x.dtype}")
 
