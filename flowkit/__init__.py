@@ -1,9 +1,9 @@
 """flowkit: density estimation with masked autoregressive networks (MADE) in PyTorch."""
 
-from flowkit import masks, transforms
+from flowkit import masks, transforms, vi
 from flowkit.checks import check_autoregressive
 from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG
-from flowkit.flows import IAF, MAF, Flow
+from flowkit.flows import IAF, MAF, DiagonalNormal, Flow
 from flowkit.made import MADE, ConnectivityWarning
 from flowkit.validation import set_validation, validate
 
@@ -17,6 +17,8 @@ __all__ = [
     "Flow",
     "MAF",
     "IAF",
+    "DiagonalNormal",
+    "vi",
     "transforms",
     "ConnectivityWarning",
     "check_autoregressive",

@@ -20,11 +20,12 @@ from flowkit.transforms import (
     ReversePermutation,
     Transform,
 )
+from flowkit.transforms.autoregressive import Affine
 from flowkit.transforms.base import check_features
 from flowkit.validation import check_context
 from flowkit.validation import sample_shape as as_sample_shape
 
-__all__ = ["StandardNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
+__all__ = ["StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
 
 
 class StandardNormal(nn.Module):
@@ -54,6 +55,81 @@ class StandardNormal(nn.Module):
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:
         return self.rsample(sample_shape, context, generator)
+
+
+class DiagonalNormal(nn.Module):
+    r"""A Gaussian with diagonal covariance, :math:`\mathcal{N}(\mu, \operatorname{diag}\sigma^2)`,
+    as a flow base or as a posterior; with a context it is amortised.
+
+    Without context, :math:`\mu` and :math:`\sigma` are parameters (initially 0 and 1). With
+    ``context_features = C`` they are an affine function of the context,
+    :math:`(u, \mu) = A c + b`, :math:`\sigma = \operatorname{softplus}(u) + \epsilon`: the
+    Gaussian posterior :math:`q(z \mid x)` of a variational autoencoder (Kingma & Welling, 2014)
+    whose encoder produces :math:`c`, and the first step of an IAF posterior (Kingma et al., 2016).
+    The scale has the parameterisation of :class:`~flowkit.transforms.Affine`, which draws
+    :math:`z = \sigma \odot \varepsilon + \mu` from :math:`\varepsilon \sim \mathcal{N}(0, I)`.
+
+    Shapes: ``log_prob(z: (*batch, D), context: (*batch, C)) -> (*batch,)``;
+    ``rsample(sample_shape, context) -> sample_shape + context.shape[:-1] + (D,)``.
+
+    Example:
+        >>> q = DiagonalNormal(3, context_features=4, seed=0)
+        >>> h = torch.randn(5, 4)
+        >>> z = q.rsample(2, h)
+        >>> z.shape, q.log_prob(z, h).shape
+        (torch.Size([2, 5, 3]), torch.Size([2, 5]))
+    """
+
+    def __init__(self, features: int, context_features: int = 0, *, eps: float = 1e-3, seed: int | None = None):
+        super().__init__()
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"expected features to be an int >= 1, got {features!r}")
+        self.features, self.context_features = features, context_features
+        self.affine = Affine(eps)
+        unit = math.log(math.expm1(1.0 - eps))  # softplus(unit) + eps == 1
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+        if context_features:
+            bound = 1 / math.sqrt(context_features)
+            weight = torch.rand(2 * features, context_features, generator=generator) * 2 * bound - bound
+            self.linear = nn.Linear(context_features, 2 * features)
+            with torch.no_grad():
+                self.linear.weight.copy_(weight)
+                self.linear.bias.copy_(torch.tensor([unit, 0.0]).repeat(features))
+        else:
+            self.params = nn.Parameter(torch.tensor([unit, 0.0]).repeat(features, 1))
+
+    def _params(self, context: Tensor | None) -> Tensor:
+        if not self.context_features:
+            return self.params
+        return self.linear(context).unflatten(-1, (self.features, 2))
+
+    def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The mean and the standard deviations, each of shape ``context.shape[:-1] + (D,)``."""
+        check_context(context, self.context_features, torch.Size())
+        scale, loc = self.affine._scale_shift(self._params(context))
+        return loc, scale
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        check_features("z", z, self.features)
+        check_context(context, self.context_features, z.shape[:-1])
+        noise, logabsdet = self.affine.inverse(z, self._params(context))
+        return -0.5 * (noise.pow(2).sum(-1) + self.features * math.log(2 * math.pi)) + logabsdet.sum(-1)
+
+    def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised draws: gradients reach the mean and scale, and through a context the
+        encoder that produced it."""
+        check_context(context, self.context_features, torch.Size())
+        params = self._params(context)
+        shape = as_sample_shape(sample_shape) + (() if context is None else context.shape[:-1])
+        noise = torch.randn(*shape, self.features, generator=generator, dtype=params.dtype, device=params.device)
+        return self.affine(noise, params)[0]
+
+    def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, context, generator)
 
 
 class Flow(nn.Module):
