@@ -273,3 +273,15 @@ def test_bad_input_is_named(model):
         amortized_iaf(D, 3, transforms=0, hidden_features=[8])
     with pytest.raises(ValueError, match="features to be an int >= 1"):
         DiagonalNormal(0)
+
+
+def test_pyro_and_torch_posteriors_agree(model):
+    dist = _pyro()
+    loc = model.mean
+    scale = model.cov.diagonal().sqrt().expand_as(loc)
+    torch.manual_seed(3)
+    a = log_weights(model.log_joint, Independent(Normal(loc, scale), 1), 5)
+    torch.manual_seed(3)
+    b = log_weights(model.log_joint, dist.Normal(loc, scale).to_event(1), 5)
+    assert a.shape == (5, 16)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
