@@ -88,9 +88,9 @@ def test_elbo_gap_is_the_kl_and_iwae_closes_it(model):
         means[k] = bounds.mean(0)
         se = bounds.std(0) / math.sqrt(runs)
         assert (means[k] <= truth + 4 * se + 1e-3).all(), k
-        if k > 1:  # the bound rises with K
-            assert (means[k] > previous - 3 * se).all() and (means[k] - previous).mean() > 0, k
-        previous = means[k]
+    for small, large in ((1, 10), (10, 100), (100, 1000)):  # the bound rises with K
+        rise = means[large] - means[small]
+        assert rise.mean() > 0 and (rise > -0.02).all(), (small, large)
     assert (means[10] > means[1] + 0.1).all()
     gap = truth - means[1000]
     assert (gap < 0.1 * kl).all() and (gap.abs() < 0.05).all()
