@@ -1,0 +1,63 @@
+"""The VI experiment scripts, at toy sizes: they run, and their pieces compute what they claim."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_energy_normaliser_matches_the_closed_form():
+    energies = _load("energies")
+    # U2 = 0.5 ((z2 - w1) / 0.4)^2 + wall(z1): the z2 integral is 0.4 sqrt(2 pi) for every z1, and
+    # the wall's integral over z1 is 8 + 0.2 sqrt(2 pi) (two half-Gaussians of scale 0.2 beyond |z1| = 4)
+    exact = math.log(0.4 * math.sqrt(2 * math.pi) * (8 + 0.2 * math.sqrt(2 * math.pi)))
+    assert abs(energies.log_z(energies.u2, 8.0, 1000) - exact) < 1e-4
+    # U1 is symmetric under z -> -z and peaks on the ring of radius 2, at (+-2, 0)
+    z = torch.randn(100, 2, dtype=torch.float64)
+    torch.testing.assert_close(energies.u1(z), energies.u1(-z))
+    assert energies.u1(torch.tensor([2.0, 0.0])) < energies.u1(torch.tensor([0.0, 2.0]))
+
+
+def test_energies_script_runs(tmp_path, monkeypatch):
+    energies = _load("energies")
+    monkeypatch.setattr(sys, "argv", ["energies.py", "--steps", "3", "--samples", "16", "--eval-samples", "10000",
+                                      "--grid", "60", "--out", str(tmp_path)])
+    threads = torch.get_num_threads()
+    try:
+        energies.main()               # it sets one thread, as its runs did
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "energies.json").read_text())
+    assert set(results["energies"]) == {"U1", "U2", "U3", "U4"}
+    for entry in results["energies"].values():
+        for scores in entry["flows"].values():
+            assert scores["kl"] > -4 * scores["kl_se"] - 0.05   # a KL is not negative
+            assert 0 < scores["ess_fraction"] <= 1
+    assert (tmp_path / "energies.png").stat().st_size > 0 and (tmp_path / "energies.md").is_file()
+
+
+def test_vae_bounds_and_training_step():
+    vae_mnist = _load("vae_mnist")
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    for steps in (0, 2):
+        model = vae_mnist.VAE(latent=4, hidden=16, iaf_steps=steps, iaf_hidden=8, seed=0)
+        loss = -model.log_prob(x).mean()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        elbo, iwae = vae_mnist.bounds(model, x, k=30, batch=4, chunk=7)
+        assert elbo.shape == iwae.shape == (6,)
+        assert (iwae >= elbo - 1e-4).all()          # log-mean-exp >= mean, on the same weights
+        assert 0 <= vae_mnist.active_units(model, x) <= 4
