@@ -28,6 +28,11 @@ from flowkit.validation import sample_shape as as_sample_shape
 __all__ = ["StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
 
 
+def _standard_normal_log_prob(z: Tensor) -> Tensor:
+    r""":math:`\log \mathcal{N}(z; 0, I)`, summed over the last dimension."""
+    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))
+
+
 class StandardNormal(nn.Module):
     r"""The standard normal base :math:`\mathcal{N}(0, I_D)`; it ignores the context except for its
     batch shape.
@@ -44,7 +49,7 @@ class StandardNormal(nn.Module):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         check_features("z", z, self.features)
-        return -0.5 * (z.pow(2).sum(-1) + self.features * math.log(2 * math.pi))
+        return _standard_normal_log_prob(z)
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -114,17 +119,24 @@ class DiagonalNormal(nn.Module):
         check_features("z", z, self.features)
         check_context(context, self.context_features, z.shape[:-1])
         noise, logabsdet = self.affine.inverse(z, self._params(context))
-        return -0.5 * (noise.pow(2).sum(-1) + self.features * math.log(2 * math.pi)) + logabsdet.sum(-1)
+        return _standard_normal_log_prob(noise) + logabsdet.sum(-1)
 
-    def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised draws: gradients reach the mean and scale, and through a context the
-        encoder that produced it."""
+    def sample_and_log_prob(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
+                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Reparameterised draws and their log-densities, scored from the noise that made them:
+        the mean and scale are computed once, from the context as given (not once per sample).
+        Gradients reach the mean and scale, and through a context the encoder that produced it."""
         check_context(context, self.context_features, torch.Size())
         params = self._params(context)
         shape = as_sample_shape(sample_shape) + (() if context is None else context.shape[:-1])
         noise = torch.randn(*shape, self.features, generator=generator, dtype=params.dtype, device=params.device)
-        return self.affine(noise, params)[0]
+        z, log_scale = self.affine(noise, params)
+        return z, _standard_normal_log_prob(noise) - log_scale.sum(-1)
+
+    def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised draws (see :meth:`sample_and_log_prob`)."""
+        return self.sample_and_log_prob(sample_shape, context, generator)[0]
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
                generator: torch.Generator | None = None) -> Tensor:
@@ -194,14 +206,19 @@ class Flow(nn.Module):
     def _draw(self, sample_shape, context=None, generator=None, reparameterised=True) -> tuple[Tensor, Tensor]:
         check_context(context, self.context_features, torch.Size())
         shape = as_sample_shape(sample_shape)
-        if context is not None:
-            context = context.expand(*shape, *context.shape)
-            shape = context.shape[:-1]
-        draw = getattr(self.base, "rsample" if reparameterised and hasattr(self.base, "rsample") else "sample")
-        base_context = self._base_context(context)
-        z = draw(shape, None, generator=generator) if base_context is None else draw((), base_context, generator=generator)
-        log_base = self.base.log_prob(z, base_context)
-        x, logabsdet = self.transform.inverse(z, context)
+        expanded = None if context is None else context.expand(*shape, *context.shape)
+        if self._base_context(context) is None:  # an unconditional base draws the context's batch too
+            draw_args = one_pass_args = (shape if expanded is None else expanded.shape[:-1], None)
+        else:
+            draw_args, one_pass_args = ((), expanded), (shape, context)
+        if hasattr(self.base, "sample_and_log_prob"):
+            # draws and scores in one go; a conditional base broadcasts its context over the samples itself
+            z, log_base = self.base.sample_and_log_prob(*one_pass_args, generator=generator)
+        else:
+            draw = getattr(self.base, "rsample" if reparameterised and hasattr(self.base, "rsample") else "sample")
+            z = draw(*draw_args, generator=generator)
+            log_base = self.base.log_prob(z, draw_args[1])
+        x, logabsdet = self.transform.inverse(z, expanded)
         return x, log_base - logabsdet
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:

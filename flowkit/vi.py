@@ -241,9 +241,6 @@ def _draw(posterior: Posterior, samples: int, context: Tensor | None) -> tuple[T
         return z, posterior.log_prob(z)
     if hasattr(posterior, "sample_and_log_prob"):
         return posterior.sample_and_log_prob(samples, context)
-    if isinstance(posterior, DiagonalNormal):
-        z = posterior.rsample(samples, context)
-        return z, posterior.log_prob(z, context)
     raise TypeError(
         "expected the posterior to be a flowkit Flow or DiagonalNormal or a torch Distribution, "
         f"got {type(posterior).__name__}"

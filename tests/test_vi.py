@@ -285,3 +285,15 @@ def test_pyro_and_torch_posteriors_agree(model):
     b = log_weights(model.log_joint, dist.Normal(loc, scale).to_event(1), 5)
     assert a.shape == (5, 16)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("base_context", [0, 5])
+def test_a_diagonal_base_draws_and_scores_in_one_pass_under_a_conditional_flow(base_context):
+    base = DiagonalNormal(3, context_features=base_context, seed=0).double()
+    flow = flowkit.IAF(3, transforms=2, hidden_features=[16], context_features=5, base=base, seed=0).double()
+    h = torch.randn(4, 5, dtype=torch.float64)
+    x, log_p = flow.sample_and_log_prob(6, context=h)
+    assert x.shape == (6, 4, 3) and log_p.shape == (6, 4)
+    torch.testing.assert_close(flow.log_prob(x, h), log_p, rtol=0, atol=1e-10)
+    z, log_q = base.sample_and_log_prob(6, h if base_context else None)
+    torch.testing.assert_close(base.log_prob(z, h if base_context else None), log_q, rtol=0, atol=1e-12)
