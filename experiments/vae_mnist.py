@@ -88,8 +88,7 @@ def bounds(model: VAE, data: Tensor, k: int, batch: int = 100, chunk: int = 100)
     elbos, iwaes = [], []
     for x in data.split(batch):
         h = model.encoder(x)
-        w = torch.cat([log_weights(model.log_joint(x), model.posterior, min(chunk, k - s), context=h)
-                       for s in range(0, k, chunk)])
+        w = log_weights(model.log_joint(x), model.posterior, k, context=h, chunk=chunk)
         elbos.append(w.mean(0))
         iwaes.append(torch.logsumexp(w, 0) - math.log(k))
     return torch.cat(elbos), torch.cat(iwaes)

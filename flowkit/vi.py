@@ -46,7 +46,12 @@ LogDensity = Callable[[Tensor], Tensor]
 
 
 def log_weights(
-    log_joint: LogDensity, posterior: Posterior, samples: int = 1, *, context: Tensor | None = None
+    log_joint: LogDensity,
+    posterior: Posterior,
+    samples: int = 1,
+    *,
+    context: Tensor | None = None,
+    chunk: int | None = None,
 ) -> Tensor:
     r"""Log importance weights :math:`\log w_k = \log p(x, z_k) - \log q(z_k)`, :math:`z_k \sim q`.
 
@@ -58,6 +63,8 @@ def log_weights(
         context: the context of a conditional flowkit posterior (an encoder's output for
             :math:`x`), shape ``(*batch, C)``; ``batch`` is its batch shape. A torch distribution
             carries its own batch shape and takes no context.
+        chunk: draw the samples this many at a time (memory for ``chunk`` draws under
+            ``torch.no_grad()``); the weights are the same estimator.
 
     Returns:
         ``(samples, *batch)`` log-weights, differentiable in the posterior's parameters and in
@@ -71,6 +78,10 @@ def log_weights(
         0.0
     """
     samples = _count(samples)
+    if chunk is not None:
+        size = _count(chunk, "chunk")
+        return torch.cat([log_weights(log_joint, posterior, min(size, samples - start), context=context)
+                          for start in range(0, samples, size)])
     z, log_q = _draw(posterior, samples, context)
     log_p = log_joint(z)
     if not isinstance(log_p, Tensor) or log_p.shape != log_q.shape:
@@ -130,13 +141,8 @@ def iwae(
         >>> bool((bound < 0.05).all() and (bound > -0.1).all())
         True
     """
-    samples = _count(samples)
-    size = samples if chunk is None else _count(chunk, "chunk")
-    parts = [
-        log_weights(log_joint, posterior, min(size, samples - start), context=context)
-        for start in range(0, samples, size)
-    ]
-    return torch.logsumexp(torch.cat(parts), 0) - math.log(samples)
+    weights = log_weights(log_joint, posterior, samples, context=context, chunk=chunk)
+    return torch.logsumexp(weights, 0) - math.log(weights.shape[0])
 
 
 def reverse_kl(

@@ -60,6 +60,7 @@ def test_exact_posterior_makes_every_bound_the_evidence(model):
         torch.testing.assert_close(iwae(model.log_joint, q, 50), truth, rtol=0, atol=1e-10)
         # chunks of unequal size: the bound still divides by K, not by the number of chunks
         torch.testing.assert_close(iwae(model.log_joint, q, 50, chunk=16), truth, rtol=0, atol=1e-10)
+        assert log_weights(model.log_joint, q, 50, chunk=16).shape == (50, 16)
 
 
 def _pyro():
