@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--epochs", type=int, default=300, help="maximum number of epochs")
     fit.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     fit.add_argument("--batch-size", type=int, default=100, help="minibatch size")
-    fit.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    fit.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    fit.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
+                     help="adam (--weight-decay is an L2 penalty) or adamw (decoupled weight decay)")
+    fit.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default="constant",
                      help="learning rate schedule: constant, cosine (annealed to zero over --epochs) or plateau "
                      "(halved after patience/2 epochs without a better validation NLL)")
@@ -234,6 +237,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CommandError(f"--lr must be positive, got {args.lr}")
     if args.clip is not None and args.clip <= 0:
         raise CommandError(f"--clip must be positive, got {args.clip}")
+    if not args.weight_decay >= 0:
+        raise CommandError(f"--weight-decay must be at least 0, got {args.weight_decay}")
 
 
 def _bits_per_dim(nll: float, config: dict[str, Any]) -> float | None:
@@ -287,7 +292,8 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
         "order_agnostic": args.order_agnostic, "direct": args.direct, "layers": args.layers,
         "components": args.components, "bins": args.bins, "seed": args.seed, **info,
         "training": {key: getattr(args, key) for key in
-                     ("epochs", "patience", "batch_size", "lr", "lr_schedule", "clip", "device")},
+                     ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "lr_schedule", "clip",
+                      "device")},
     }
     checkpoint, log = out / "checkpoint.pt", out / "metrics.jsonl"
     if args.resume:
@@ -308,7 +314,8 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     ensemble = args.masks if args.masks > 1 and model_name in AUTOREGRESSIVE else None
     start = time.perf_counter()
     history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  patience=args.patience, ensemble=ensemble, seed=args.seed, progress=args.progress,
+                  optimizer=args.optimizer, weight_decay=args.weight_decay, patience=args.patience,
+                  ensemble=ensemble, seed=args.seed, progress=args.progress,
                   lr_schedule=args.lr_schedule, clip=args.clip, device=args.device, log=log,
                   checkpoint=checkpoint, resume=args.resume)
     seconds = time.perf_counter() - start

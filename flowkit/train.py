@@ -20,6 +20,9 @@ from flowkit.atomic import atomic_path
 __all__ = ["History", "fit", "evaluate"]
 
 SCHEDULES = ("constant", "cosine", "plateau")
+OPTIMIZERS = ("adam", "adamw")
+# settings added after checkpoints were first written, with the value older checkpoints were trained with
+LATER_SETTINGS = {"optimizer": "adam"}
 LOG_FIELDS = ("epoch", "train_nll", "valid_nll", "lr", "seconds")
 
 
@@ -59,6 +62,7 @@ def fit(
     batch_size: int = 100,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
+    optimizer: Literal["adam", "adamw"] = "adam",
     patience: int = 20,
     ensemble: int | None = None,
     seed: int = 0,
@@ -70,7 +74,7 @@ def fit(
     checkpoint: str | Path | None = None,
     resume: bool = False,
 ) -> History:
-    r"""Fits a density by Adam on the mean negative log-likelihood, with early stopping.
+    r"""Fits a density by Adam or AdamW on the mean negative log-likelihood, with early stopping.
 
     A MADE with several mask sets moves to the next one after every minibatch
     (connectivity-agnostic training). After each epoch the validation NLL is measured (with the
@@ -86,7 +90,13 @@ def fit(
         model: a density with ``log_prob(x)``, such as :class:`flowkit.BernoulliMADE`.
         train: training data, ``(N, D)``.
         valid: validation data, ``(M, D)``, or ``None`` (no early stopping).
-        epochs, batch_size, lr, weight_decay: the optimisation settings.
+        epochs, batch_size, lr: the optimisation settings.
+        weight_decay: the weight decay :math:`\lambda`. With ``optimizer="adam"`` it is an L2
+            penalty added to the gradient (``torch.optim.Adam``), which Adam's per-parameter
+            scaling then weakens for parameters with large gradients; with ``"adamw"`` it is
+            decoupled (Loshchilov & Hutter, 2019): every step also shrinks each weight by
+            :math:`\text{lr} \cdot \lambda \cdot w`, whatever its gradient.
+        optimizer: ``"adam"`` or ``"adamw"``.
         patience: epochs without a better validation NLL before stopping.
         ensemble: the mask sets used to score the validation data.
         seed: the seed of the minibatch shuffling.
@@ -113,6 +123,10 @@ def fit(
     """
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"expected lr_schedule in {SCHEDULES}, got {lr_schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"expected optimizer in {OPTIMIZERS}, got {optimizer!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"expected weight_decay >= 0, got {weight_decay!r}")
     if lr_schedule == "plateau" and valid is None:
         raise ValueError("lr_schedule='plateau' needs validation data, got valid=None")
     if resume and checkpoint is None:
@@ -120,12 +134,14 @@ def fit(
     log_format = None if log is None else _log_format(log)
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                    patience=patience, ensemble=ensemble, seed=seed, lr_schedule=lr_schedule, clip=clip,
+                    train_size=len(train))
+    optimizer = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
+        model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = _scheduler(optimizer, lr_schedule, epochs, patience)
     generator = torch.Generator().manual_seed(seed)
     made = getattr(model, "made", None)
-    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                    ensemble=ensemble, seed=seed, lr_schedule=lr_schedule, clip=clip, train_size=len(train))
     history = History()
     best_state = copy.deepcopy(model.state_dict())
     start, stopped = 0, False
@@ -246,6 +262,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, lr_schedule: str, epochs: int, 
 
 def _check_settings(saved: dict, settings: dict, path: str | Path) -> None:
     # Only the number of epochs may grow, and not under a cosine schedule (it anneals over it).
+    saved = {**LATER_SETTINGS, **saved}
     changed = [key for key in settings if saved.get(key) != settings[key]
                and (key != "epochs" or settings["lr_schedule"] == "cosine")]
     if changed:

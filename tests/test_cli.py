@@ -154,6 +154,16 @@ def test_resume_continues_a_run(tmp_path, capsys):
     assert "cannot resume" in one_error_line(capsys)
 
 
+def test_fit_trains_with_decoupled_weight_decay_and_records_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = fit_args(run, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs", "1",
+                    "--optimizer", "adamw", "--weight-decay", "0.01")
+    assert main(argv) == 0
+    training = json.loads((run / "config.json").read_text())["training"]
+    assert (training["optimizer"], training["weight_decay"]) == ("adamw", 0.01)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["optimizer"] == "adamw"
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     continuous = tmp_path / "x.npy"
     np.save(continuous, np.random.default_rng(0).normal(size=(50, 3)))
@@ -169,6 +179,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
         "completion needs an autoregressive density": ["complete", "--run", str(maf_run)],
         "run directory not found": ["eval", "--run", str(tmp_path / "no-run")],
         "invalid choice": ["fit", "--model", "gauss"],
+        "--weight-decay must be at least 0": ["fit", "--weight-decay", "-0.1", "--out", str(tmp_path / "e")],
     }
     for expected, argv in cases.items():
         with pytest.raises(SystemExit) if expected == "invalid choice" else contextlib.nullcontext() as done:

@@ -230,3 +230,48 @@ def test_history_round_trips_through_a_dict_and_json():
     assert History.from_dict(history.to_dict()) == history
     assert History.from_dict(json.loads(json.dumps(history.to_dict()))) == history
     assert History.from_dict(History().to_dict()) == History()
+
+
+def _masked_out_weights(model):
+    layer = model.made.layers[0]
+    return layer.weight.detach()[~layer.masks[0]].clone()
+
+
+def test_adamw_decays_weights_that_get_no_gradient_by_exactly_one_minus_lr_lambda_per_step():
+    # Masked-out weights have an exactly zero gradient: under decoupled decay (AdamW) each step
+    # only shrinks them by (1 - lr * lambda); under Adam's coupled L2 penalty the gradient is
+    # lambda * w, which Adam normalises to a step of about lr * sign(w), whatever lambda is.
+    torch.manual_seed(0)
+    data = torch.randint(2, (60, 5)).float()
+    lr, decay, steps = 1e-2, 0.5, 3  # 60 rows in batches of 20, one epoch
+    adamw = flowkit.BernoulliMADE(5, [12], seed=0)
+    before = _masked_out_weights(adamw)
+    fit(adamw, data, epochs=1, batch_size=20, lr=lr, weight_decay=decay, optimizer="adamw")
+    assert torch.allclose(_masked_out_weights(adamw), before * (1 - lr * decay) ** steps, rtol=1e-5)
+
+    adam = flowkit.BernoulliMADE(5, [12], seed=0)
+    fit(adam, data, epochs=1, batch_size=20, lr=lr, weight_decay=decay, optimizer="adam")
+    moved = (before - _masked_out_weights(adam)) * before.sign()
+    assert bool((moved > 0.9 * steps * lr).all() and (moved < 1.001 * steps * lr).all()), moved
+
+
+def test_fit_refuses_an_unknown_optimizer_and_a_negative_weight_decay():
+    model, data = flowkit.BernoulliMADE(3, [8], seed=0), torch.ones(10, 3)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(model, data, epochs=1, optimizer="sgd")
+    with pytest.raises(ValueError, match="weight_decay"):
+        fit(model, data, epochs=1, weight_decay=-1.0)
+
+
+def test_a_checkpoint_without_an_optimizer_setting_resumes_as_adam(tmp_path):
+    data = torch.randint(2, (40, 3), generator=torch.Generator().manual_seed(0)).float()
+    path = tmp_path / "checkpoint.pt"
+    fit(flowkit.BernoulliMADE(3, [8], seed=0), data, data, epochs=1, checkpoint=path)
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["optimizer"]  # as written before the option existed
+    torch.save(state, path)
+    history = fit(flowkit.BernoulliMADE(3, [8], seed=0), data, data, epochs=2, checkpoint=path, resume=True)
+    assert len(history.train_nll) == 2
+    with pytest.raises(ValueError, match="optimizer"):
+        fit(flowkit.BernoulliMADE(3, [8], seed=0), data, data, epochs=3, checkpoint=path, resume=True,
+            optimizer="adamw")
