@@ -29,7 +29,7 @@ LOG_FIELDS = ("epoch", "train_nll", "valid_nll", "lr", "seconds")
 @dataclass
 class History:
     """Per-epoch mean training and validation NLL (nats), the learning rate each epoch ran with,
-    and the epoch that was kept (0-based).
+    the epoch that was kept (0-based), and whether early stopping ended the run.
 
     Example:
         >>> history = History([2.0, 1.5], [2.1, 1.7], 1, 1.7, [1e-3, 1e-3])
@@ -42,6 +42,7 @@ class History:
     best_epoch: int = -1
     best_valid_nll: float = math.inf
     lr: list[float] = field(default_factory=list)
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The history as plain lists and numbers (for JSON or a checkpoint)."""
@@ -73,6 +74,7 @@ def fit(
     log: str | Path | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    time_limit: float | None = None,
 ) -> History:
     r"""Fits a density by Adam or AdamW on the mean negative log-likelihood, with early stopping.
 
@@ -110,6 +112,9 @@ def fit(
             ``epoch`` (1-based), ``train_nll``, ``valid_nll``, ``lr``, ``seconds``.
         checkpoint: the file holding the training state after the last finished epoch.
         resume: continue from ``checkpoint`` if it exists (else start afresh).
+        time_limit: seconds after which no new epoch starts (the one under way finishes and is
+            checkpointed); a later call with ``resume=True`` continues exactly. A run is finished
+            when ``history.stopped_early`` or it has had ``epochs`` epochs.
 
     Returns:
         The :class:`History` of the run (of the whole run when resumed).
@@ -129,6 +134,8 @@ def fit(
         raise ValueError(f"expected weight_decay >= 0, got {weight_decay!r}")
     if lr_schedule == "plateau" and valid is None:
         raise ValueError("lr_schedule='plateau' needs validation data, got valid=None")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path, got checkpoint=None")
     log_format = None if log is None else _log_format(log)
@@ -158,7 +165,9 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history = History.from_dict(state["history"])
         best_state, start, stopped = state["best_state"], state["epoch"], state["stopped"]
+        history.stopped_early = stopped  # checkpoints written before History had the field
 
+    began_fit = time.perf_counter()
     epoch_range = range(start, start if stopped else epochs)
     if progress:
         from tqdm.auto import tqdm
@@ -188,7 +197,7 @@ def fit(
                 history.best_valid_nll, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
             else:
-                stopped = epoch - history.best_epoch >= patience
+                stopped = history.stopped_early = epoch - history.best_epoch >= patience
         if lr_schedule == "plateau":
             scheduler.step(score)
         elif scheduler is not None:
@@ -209,7 +218,7 @@ def fit(
         if progress:
             epoch_range.set_postfix(train=f"{history.train_nll[-1]:.3f}",
                                     **({} if score is None else {"valid": f"{score:.3f}"}))
-        if stopped:
+        if stopped or (time_limit is not None and time.perf_counter() - began_fit >= time_limit):
             break
     if valid is not None:
         model.load_state_dict(best_state)

@@ -275,3 +275,21 @@ def test_a_checkpoint_without_an_optimizer_setting_resumes_as_adam(tmp_path):
     with pytest.raises(ValueError, match="optimizer"):
         fit(flowkit.BernoulliMADE(3, [8], seed=0), data, data, epochs=3, checkpoint=path, resume=True,
             optimizer="adamw")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_run_cut_by_its_time_limit_resumes_to_the_uninterrupted_run(case, tmp_path):
+    build, train, valid, options = CASES[case]
+    straight = build()
+    expected = fit(straight, train, valid, epochs=6, checkpoint=tmp_path / "straight.pt", **options)
+    path, calls, history = tmp_path / "run.pt", 0, None
+    while history is None or not (history.stopped_early or len(history.train_nll) == 6):
+        history = fit(build(), train, valid, epochs=6, checkpoint=path, resume=True, time_limit=1e-9, **options)
+        calls += 1
+        assert len(history.train_nll) == calls  # one epoch per call: the limit is checked after each
+    assert history == expected and history.stopped_early == (len(expected.train_nll) < 6)
+    resumed = build()
+    fit(resumed, train, valid, epochs=6, checkpoint=path, resume=True, **options)
+    _assert_same_model(resumed, straight)
+    with pytest.raises(ValueError, match="time_limit"):
+        fit(build(), train, valid, epochs=1, time_limit=0)
