@@ -17,7 +17,7 @@ the choice that matters: with everything else equal, one mask, validation NLL af
 
 Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flowkit-runs/made_mnist``)
 and resumes from them: run the script again to continue. ``--budget-minutes`` stops cleanly (after
-the current chunk of epochs) so that a session can commit what has finished. Results go to
+the epoch under way) so that a session can commit what has finished. Results go to
 ``experiments/results/made_mnist.{json,md}``, ``made_mnist_masks.png`` (Figure 2, with the
 learning curves) and ``made_mnist_samples.png`` (Figure 3); an unfinished run is reported with its
 best validation NLL so far and the epochs it has had, never as a test figure.
@@ -60,17 +60,16 @@ def build(hidden: list[int], masks: int) -> flowkit.BernoulliMADE:
 
 
 def train(model, train_data, valid_data, folder: Path, args, ensemble: int | None, deadline: float) -> bool:
-    """Continues a run chunk by chunk until it stops, reaches ``--epochs`` or the deadline passes;
-    returns whether it has finished."""
+    """Continues a run until it stops early, reaches ``--epochs`` or the deadline passes; returns
+    whether it has finished."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.pt"
-    while time.time() < deadline:
-        done = torch.load(checkpoint, weights_only=True) if checkpoint.exists() else {"epoch": 0, "stopped": False}
-        if done["stopped"] or done["epoch"] >= args.epochs:
-            return True
-        fit(model, train_data, valid_data, epochs=min(done["epoch"] + args.chunk, args.epochs), batch_size=100,
-            lr=1e-3, patience=args.patience, ensemble=ensemble, seed=0, log=folder / "log.jsonl",
-            checkpoint=checkpoint, resume=True)
+    if time.time() < deadline:
+        fit(model, train_data, valid_data, epochs=args.epochs, batch_size=100, lr=1e-3, patience=args.patience,
+            ensemble=ensemble, seed=0, log=folder / "log.jsonl", checkpoint=checkpoint, resume=True,
+            time_limit=deadline - time.time())
+    if not checkpoint.exists():
+        return False
     done = torch.load(checkpoint, weights_only=True)
     return done["stopped"] or done["epoch"] >= args.epochs
 
@@ -100,7 +99,6 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="run names, e.g. 1x500-m1 (default: all)")
     parser.add_argument("--epochs", type=int, default=1000, help="most epochs of a run")
     parser.add_argument("--patience", type=int, default=30)
-    parser.add_argument("--chunk", type=int, default=5, help="epochs between checks of the budget")
     parser.add_argument("--budget-minutes", type=float, default=600.0)
     parser.add_argument("--categorical", action="store_true", help="also train the categorical MADE")
     parser.add_argument("--levels", type=int, default=4, help="grey levels of the categorical run")
