@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +44,10 @@ import torch  # noqa: E402
 import flowkit  # noqa: E402
 from flowkit.data import binarized_mnist, bits_per_dim, load_mnist  # noqa: E402
 from flowkit.plot import save_image_grid  # noqa: E402
-from flowkit.train import evaluate, fit  # noqa: E402
+from flowkit.train import evaluate  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import advance, curve, restore_best, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 # (name, hidden widths, masks): Figure 2 first, then the two-layer rows
@@ -59,38 +63,15 @@ def build(hidden: list[int], masks: int) -> flowkit.BernoulliMADE:
     return flowkit.BernoulliMADE(784, hidden, num_masks=masks, order_agnostic=masks > 1, direct=True, seed=0)
 
 
-def train(model, train_data, valid_data, folder: Path, args, ensemble: int | None, deadline: float) -> bool:
-    """Continues a run until it stops early, reaches ``--epochs`` or the deadline passes; returns
-    whether it has finished."""
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = folder / "checkpoint.pt"
-    if time.time() < deadline:
-        fit(model, train_data, valid_data, epochs=args.epochs, batch_size=100, lr=1e-3, patience=args.patience,
-            ensemble=ensemble, seed=0, log=folder / "log.jsonl", checkpoint=checkpoint, resume=True,
-            time_limit=deadline - time.time())
-    if not checkpoint.exists():
-        return False
-    done = torch.load(checkpoint, weights_only=True)
-    return done["stopped"] or done["epoch"] >= args.epochs
-
-
-def finish(model, folder: Path, splits, masks: int, seconds: float) -> dict:
+def finish(model, folder: Path, splits, masks: int) -> dict:
     """Test figures of a finished run (the best validation epoch's weights)."""
-    state = torch.load(folder / "checkpoint.pt", weights_only=True)
-    model.load_state_dict(state["best_state"])
+    row = restore_best(model, folder)
     model.made.use_mask(0)
-    row = {"epochs": state["epoch"], "best_epoch": state["history"]["best_epoch"] + 1,
-           "best_valid_nll": state["history"]["best_valid_nll"], "seconds": round(seconds)}
     row["test_nll_one_mask"], row["test_nll_one_mask_se"] = evaluate(model, splits.test)
     if masks > 1:
         row["test_nll_ensemble"], row["test_nll_ensemble_se"] = evaluate(model, splits.test, ensemble=masks)
     (folder / "result.json").write_text(json.dumps(row, indent=2) + "\n")
     return row
-
-
-def curve(folder: Path) -> list[dict]:
-    log = folder / "log.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def main() -> None:
@@ -118,18 +99,19 @@ def main() -> None:
         if (folder / "result.json").exists() or time.time() >= deadline:
             continue
         model = build(hidden, masks)
-        began = time.time()
-        finished = train(model, splits.train, splits.valid, folder, args, masks if masks > 1 else None, deadline)
-        seconds = sum(row["seconds"] for row in curve(folder))
-        if finished:
-            row = finish(model, folder, splits, masks, seconds)
-            print(name, json.dumps(row), flush=True)
+        if advance(model, splits.train, splits.valid, folder, deadline, **recipe(args, masks)):
+            print(name, json.dumps(finish(model, folder, splits, masks)), flush=True)
         else:
-            print(name, f"not finished: {len(curve(folder))} epochs ({time.time() - began:.0f} s this call)", flush=True)
+            print(name, f"not finished: {len(curve(folder))} epochs", flush=True)
 
     if args.categorical and time.time() < deadline:
         categorical_run(runs_dir / f"categorical-{args.levels}", args, deadline)
     report(runs_dir, out, splits, args)
+
+
+def recipe(args, masks: int) -> dict:
+    return dict(epochs=args.epochs, patience=args.patience, batch_size=100, lr=1e-3, seed=0,
+                ensemble=masks if masks > 1 else None)
 
 
 def categorical_run(folder: Path, args, deadline: float) -> None:
@@ -137,13 +119,12 @@ def categorical_run(folder: Path, args, deadline: float) -> None:
     train_data, valid_data, test_data = (quantise(part) for part in load_mnist())
     torch.manual_seed(0)
     model = flowkit.CategoricalMADE(784, args.levels, [500], direct=True, seed=0)
-    if (folder / "result.json").exists() or not train(model, train_data, valid_data, folder, args, None, deadline):
+    if (folder / "result.json").exists() or not advance(model, train_data, valid_data, folder, deadline,
+                                                         **recipe(args, 1)):
         return
-    state = torch.load(folder / "checkpoint.pt", weights_only=True)
-    model.load_state_dict(state["best_state"])
-    nll, se = evaluate(model, test_data)
-    row = {"levels": args.levels, "epochs": state["epoch"], "seconds": round(sum(r["seconds"] for r in curve(folder))),
-           "test_nll": nll, "test_nll_se": se, "bits_per_dim": bits_per_dim(nll, 784)}
+    row = {"levels": args.levels, **restore_best(model, folder)}
+    row["test_nll"], row["test_nll_se"] = evaluate(model, test_data)
+    row["bits_per_dim"] = bits_per_dim(row["test_nll"], 784)
     (folder / "result.json").write_text(json.dumps(row, indent=2) + "\n")
 
 
@@ -156,9 +137,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
             continue
         entry = {"hidden": hidden, "masks": masks, "curve": [[r["epoch"], r["train_nll"], r["valid_nll"]] for r in log]}
         result = folder / "result.json"
-        entry.update(json.loads(result.read_text()) if result.exists() else
-                     {"finished": False, "epochs": len(log), "best_valid_nll": min(r["valid_nll"] for r in log),
-                      "seconds": round(sum(r["seconds"] for r in log))})
+        entry.update(json.loads(result.read_text()) if result.exists() else unfinished(folder))
         results["runs"][name] = entry
     categorical = runs_dir / f"categorical-{args.levels}" / "result.json"
     if categorical.exists():
@@ -169,8 +148,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     one = runs_dir / "1x500-m1"
     if (one / "result.json").exists():
         model = build([500], 1)
-        model.load_state_dict(torch.load(one / "checkpoint.pt", weights_only=True)["best_state"])
-        model.eval()
+        restore_best(model, one)
         samples = model.sample(10, generator=torch.Generator().manual_seed(0))
         nearest = splits.train[torch.cdist(samples, splits.train).argmin(dim=1)]
         save_image_grid(torch.stack([samples, nearest], 1).reshape(20, 784), out / "made_mnist_samples.png",
