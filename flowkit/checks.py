@@ -22,7 +22,7 @@ def check_autoregressive(model: nn.Module, *, batch: int = 16, seed: int = 0) ->
     respect to the inputs at ``batch`` random points (and random contexts) and checks that
     :math:`\partial o_{d} / \partial x_j \neq 0` only where feature :math:`j` precedes feature
     :math:`d` in that mask set's ordering. The masks are not consulted, so the check also catches
-    a wrong mask construction.
+    a wrong mask construction. The network is evaluated without dropout, in any mode.
 
     Arguments:
         model: a :class:`flowkit.MADE`, or any module with a ``made`` attribute (the densities).
@@ -56,7 +56,7 @@ def check_autoregressive(model: nn.Module, *, batch: int = 16, seed: int = 0) ->
     found = None
     with torch.enable_grad():
         for r in range(made.num_masks):
-            out = made(x, context, mask=r)
+            out = made(x, context, mask=r, deterministic=True)
             rows = []
             for d in range(made.features):
                 (grad,) = torch.autograd.grad(out[:, d, :].sum(), x, retain_graph=True, allow_unused=True)

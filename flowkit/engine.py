@@ -19,6 +19,15 @@ context columns have degree 0), so the engine serves any autoregressive mask set
 that were not built by flowkit. The per-step plan (sorted, masked weights and the slices of each
 step) is computed once per mask set and kept while the weights and masks stay unchanged.
 
+A residual MADE (``residual_blocks > 0``) is served the same way: a block's units have the degrees
+of the block's input, so at step ``t`` the engine computes the units of degree ``t`` of the first
+hidden layer, then of each block in turn (the skip adds the block input's units of the same
+degree), then the activations that feed the output. A unit's schedule degree is the largest
+effective degree it has in any block (for masks built by :mod:`flowkit.masks`, its degree).
+
+The engine evaluates the network deterministically: dropout is never applied, in either path,
+even when the MADE is in training mode (sampling and inversion are evaluation).
+
 When gradients are required (a parameter, ``x`` or the context requires grad and grad mode is
 on), the engine runs the plain loop instead: ``D`` network passes, out of place, so that
 autograd can differentiate through every step. The incremental path writes into preallocated
@@ -117,7 +126,7 @@ def _plain(made, x, step, encode, context, index, order, visit) -> Tensor:
     for d in order:
         if d not in visit:
             continue
-        params = made(encode(x), context, mask=index)[..., d, :]
+        params = made(encode(x), context, mask=index, deterministic=True)[..., d, :]
         # Out of place, so that gradients flow through every step.
         x = torch.where(columns[d], step(d, params, x[..., d]).unsqueeze(-1).to(x.dtype), x)
     return x
@@ -131,14 +140,22 @@ class _Layer:
 
 
 @dataclass
+class _Residual:
+    first: _Layer  # the first hidden layer, whose outputs start the residual stream
+    blocks: list[tuple[Tensor, Tensor, Tensor, Tensor]]  # per block: (W_1, b_1, W_2, b_2), sorted
+    offsets: list[int]  # offsets[t]: the hidden units of schedule degree <= t
+
+
+@dataclass
 class _Plan:
     key: tuple
     order: list[int]
     inputs: list[int]  # inputs[t]: the input columns of degree <= t (context first)
-    layers: list[_Layer]
+    layers: list[_Layer]  # the plain hidden layers; empty for a residual MADE
     output: Tensor  # (D, P, last hidden units), sorted columns
     output_bias: Tensor  # (D, P, 1)
     direct: Tensor | None  # (D, P, input columns), sorted columns
+    residual: _Residual | None = None
     workspaces: dict = field(default_factory=dict)
 
 
@@ -147,7 +164,8 @@ def _effective_degrees(mask: Tensor, below: Tensor) -> Tensor:
 
 
 def _plan(made: MADE, index: int) -> _Plan:
-    linears = list(made.layers) + ([made.direct] if made.direct is not None else [])
+    linears = [*made.layers, *(m for block in made.blocks for m in block)] + (
+        [made.direct] if made.direct is not None else [])
     key = (index, tuple((m.weight._version, m.weight.data_ptr(), m.masks._version, m.masks.data_ptr())
                         for m in linears), made.layers[0].weight.dtype, made.layers[0].weight.device)
     cached = getattr(made, "_engine_plan", None)
@@ -165,8 +183,10 @@ def _plan(made: MADE, index: int) -> _Plan:
     def offsets(sorted_degrees: Tensor) -> list[int]:
         return torch.searchsorted(sorted_degrees, torch.arange(D + 1), right=True).tolist()
 
-    layers, below, below_sort = [], input_degree, input_sort
-    for linear in made.layers[:-1]:
+    layers, below, below_sort, residual = [], input_degree, input_sort, None
+    if made.blocks:
+        residual, below, below_sort = _residual_plan(made, index, input_degree, input_sort, offsets)
+    for linear in made.layers[:-1] if not made.blocks else []:
         mask = linear.masks[index].cpu()
         degree = _effective_degrees(mask, below)
         sort = torch.sort(degree, stable=True).indices
@@ -184,9 +204,38 @@ def _plan(made: MADE, index: int) -> _Plan:
     direct = None
     if made.direct is not None:
         direct = (made.direct.weight * made.direct.masks[index])[:, input_sort.to(device)].reshape(D, P, -1).contiguous()
-    plan = _Plan(key, order.tolist(), offsets(input_degree[input_sort]), layers, output, output_bias, direct)
+    plan = _Plan(key, order.tolist(), offsets(input_degree[input_sort]), layers, output, output_bias, direct, residual)
     made._engine_plan = plan
     return plan
+
+
+def _residual_plan(made: MADE, index: int, input_degree: Tensor, input_sort: Tensor, offsets) -> tuple:
+    """The first layer and blocks of a residual MADE, with one schedule degree per hidden unit.
+
+    Every block reads and writes the same units, so a unit gets one degree for all of them: the
+    smallest that is at least its effective degree in the first layer and at least the degree of
+    every unit it reads in any block. At step ``t`` the blocks run in order, so each block finds
+    the units of degree ``<= t`` below it final.
+    """
+    first = made.layers[0]
+    device = first.weight.device
+    degree = _effective_degrees(first.masks[index].cpu(), input_degree)
+    masks = [linear.masks[index].cpu() for block in made.blocks for linear in block]
+    while True:
+        raised = torch.stack([degree, *(_effective_degrees(mask, degree) for mask in masks)]).amax(0)
+        if torch.equal(raised, degree):
+            break
+        degree = raised
+    sort = torch.sort(degree, stable=True).indices
+    rows = sort.to(device)
+    weight = (first.weight * first.masks[index])[rows][:, input_sort.to(device)]
+    head = _Layer(weight.contiguous(), first.bias[rows].unsqueeze(1), offsets(degree[sort]))
+    blocks = []
+    for inner, outer in made.blocks:
+        w1 = (inner.weight * inner.masks[index])[rows][:, rows].contiguous()
+        w2 = (outer.weight * outer.masks[index])[rows][:, rows].contiguous()
+        blocks.append((w1, inner.bias[rows].unsqueeze(1), w2, outer.bias[rows].unsqueeze(1)))
+    return _Residual(head, blocks, head.offsets), degree, sort
 
 
 @dataclass
@@ -199,6 +248,7 @@ class _Workspace:
     layers: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]]  # per step: (out, bias, weight, below)
     outputs: list[tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]]  # per step
     writes: list[Tensor]  # per step: the (B, columns) view that receives the encoded feature
+    residual: list[tuple | None] | None = None  # per step, for a residual MADE: see _residual_step
 
 
 def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
@@ -211,6 +261,10 @@ def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torc
     below = [inputs, *hidden[:-1]]
     ends_below = [plan.inputs] + [layer.offsets for layer in plan.layers[:-1]]
     last, last_ends = (hidden[-1], plan.layers[-1].offsets) if hidden else (inputs, plan.inputs)
+    residual = None
+    if plan.residual is not None:
+        residual, last = _residual_jobs(plan, inputs, B, dtype, device)
+        last_ends = plan.residual.offsets
     params = torch.zeros(P, B, dtype=dtype, device=device)
     layers, outputs, writes = [], [], []
     for t, d in enumerate(plan.order):
@@ -225,10 +279,61 @@ def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torc
         direct = None if plan.direct is None else plan.direct[d, :, :j]
         outputs.append((plan.output_bias[d], plan.output[d, :, :k], last[:k], direct, inputs[:j] if plan.direct is not None else None))
         writes.append(inputs[C + t * per : C + (t + 1) * per].T)
-    workspace = _Workspace(inputs, torch.zeros(D, B, dtype=dtype, device=device), params, layers, outputs, writes)
+    workspace = _Workspace(inputs, torch.zeros(D, B, dtype=dtype, device=device), params, layers, outputs, writes,
+                           residual)
     plan.workspaces.clear()  # keep one batch size: memory stays bounded
     plan.workspaces[key] = workspace
     return workspace
+
+
+def _residual_jobs(plan: _Plan, inputs: Tensor, B: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """Per step, the views :func:`_residual_step` works on, and the buffer that feeds the output.
+
+    Buffers, ``(H, B)`` each: the residual stream (pre-activation, updated in place by every block),
+    the activated stream that enters each block and the output layer, and each block's inner
+    activations.
+    """
+    res = plan.residual
+    H, K = res.first.weight.shape[0], len(res.blocks)
+    stream = torch.zeros(H, B, dtype=dtype, device=device)
+    entering = [torch.zeros(H, B, dtype=dtype, device=device) for _ in range(K + 1)]
+    inner = [torch.zeros(H, B, dtype=dtype, device=device) for _ in range(K)]
+    jobs = []
+    for t in range(len(plan.order)):
+        lo, hi = (res.offsets[t - 1] if t else 0), res.offsets[t]
+        if hi == lo:
+            jobs.append(None)
+            continue
+        k, j = res.offsets[t], plan.inputs[t]
+        head = (stream[lo:hi], res.first.bias[lo:hi], res.first.weight[lo:hi, :j], inputs[:j])
+        blocks = [
+            (entering[b][lo:hi], inner[b][lo:hi], b1[lo:hi], w1[lo:hi, :k], entering[b][:k],
+             b2[lo:hi], w2[lo:hi, :k], inner[b][:k])
+            for b, (w1, b1, w2, b2) in enumerate(res.blocks)
+        ]
+        jobs.append((head, blocks, entering[K][lo:hi]))
+    return jobs, entering[K]
+
+
+def _residual_step(job: tuple, activation: nn.Module, activate) -> None:
+    """Computes the units of one degree through the first layer and every residual block."""
+    (stream, bias, weight, below), blocks, final = job
+    torch.addmm(bias, weight, below, out=stream)
+    for entering, inner, b1, w1, entering_below, b2, w2, inner_below in blocks:
+        _activate_into(entering, stream, activation, activate)
+        torch.addmm(b1, w1, entering_below, out=inner)
+        _activate_into(inner, inner, activation, activate)
+        stream.add_(b2).addmm_(w2, inner_below)
+    _activate_into(final, stream, activation, activate)
+
+
+def _activate_into(out: Tensor, x: Tensor, activation: nn.Module, activate) -> None:
+    if activate is None:
+        out.copy_(activation(x))
+        return
+    if out is not x:
+        out.copy_(x)
+    activate(out)
 
 
 def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
@@ -248,6 +353,7 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
     rows = values.unbind(0)
     params = space.params.T if len(batch) == 1 else space.params.T.reshape(*batch, -1)
     activate = _IN_PLACE.get(type(made.activation))
+    residual = space.residual
     for t, d in enumerate(plan.order):
         for out, bias, weight_block, below in space.layers[t]:
             torch.addmm(bias, weight_block, below, out=out)
@@ -255,6 +361,8 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
                 activate(out)
             else:
                 out.copy_(made.activation(out))
+        if residual is not None and residual[t] is not None:
+            _residual_step(residual[t], made.activation, activate)
         if d in visit:
             bias, weight_block, last, direct, inputs = space.outputs[t]
             torch.addmm(bias, weight_block, last, out=space.params)

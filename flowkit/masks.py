@@ -161,19 +161,27 @@ def made_masks(
     context_features: int = 0,
     rule: DegreeRule = "random",
     generator: torch.Generator | None = None,
+    residual_blocks: int = 0,
 ) -> tuple[list[BoolTensor], BoolTensor]:
     r"""All masks of one MADE mask set.
 
     The network's input is ``features * columns_per_feature`` columns (feature ``i`` owns columns
     ``i * columns_per_feature ...``, sharing its degree), followed by ``context_features`` columns
     of degree 0. With a context, the first unit of every hidden layer gets degree 0, so that the
-    context reaches every output, the first feature's included. Its output is ``features * params`` rows, feature ``i`` owning rows
-    ``i * params ... (i + 1) * params - 1``.
+    context reaches every output, the first feature's included. Its output is ``features * params``
+    rows, feature ``i`` owning rows ``i * params ... (i + 1) * params - 1``.
+
+    With ``residual_blocks = K > 0`` (one hidden width :math:`H`), the ``2K`` layers of the
+    residual blocks come between the first hidden layer and the output, each with the mask
+    :func:`hidden_mask` of the first hidden layer's degrees against themselves. That mask holds
+    the diagonal (:math:`m \ge m`), so a path through the chain of masks exists exactly where one
+    through the blocks and their skip connections does: :func:`connectivity` of the chain is the
+    residual network's.
 
     Returns:
-        ``(masks, direct)``: the masks of the ``len(hidden_features) + 1`` layers, each of shape
-        ``(out_units, in_units)``, and the mask of the direct input-to-output connection, of shape
-        ``(features * params, in_columns)``.
+        ``(masks, direct)``: the masks of the ``len(hidden_features) + 2K + 1`` layers in the
+        order the input meets them, each of shape ``(out_units, in_units)``, and the mask of the
+        direct input-to-output connection, of shape ``(features * params, in_columns)``.
 
     Example:
         >>> masks, direct = made_masks(torch.arange(3), [4], rule="even")
@@ -181,10 +189,19 @@ def made_masks(
         [(4, 3), (3, 4)]
         >>> connectivity(masks, 3).int().tolist()
         [[0, 0, 0], [1, 0, 0], [1, 1, 0]]
+        >>> masks, _ = made_masks(torch.arange(3), [4], rule="even", residual_blocks=1)
+        >>> [tuple(m.shape) for m in masks]
+        [(4, 3), (4, 4), (4, 4), (3, 4)]
     """
     features = order.numel()
     _check_positive("params", params)
     _check_positive("columns_per_feature", columns_per_feature)
+    if isinstance(residual_blocks, bool) or not isinstance(residual_blocks, int) or residual_blocks < 0:
+        raise ValueError(f"expected residual_blocks to be an int >= 0, got {residual_blocks!r}")
+    if residual_blocks and len(hidden_features) != 1:
+        raise ValueError(
+            f"expected one hidden width with residual_blocks={residual_blocks}, got {list(hidden_features)}"
+        )
     degrees = input_degrees(order)
     below = torch.cat(
         [degrees.repeat_interleave(columns_per_feature), torch.zeros(context_features, dtype=torch.long)]
@@ -197,6 +214,7 @@ def made_masks(
             layer[0] = 0  # a unit that sees only the context carries it to the first output
         masks.append(hidden_mask(layer, below))
         below = layer
+    masks.extend(hidden_mask(below, below) for _ in range(2 * residual_blocks))
     outputs = degrees.repeat_interleave(params)
     masks.append(output_mask(outputs, below))
     return masks, output_mask(outputs, inputs)
