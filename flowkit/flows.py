@@ -15,6 +15,7 @@ from flowkit.transforms import (
     BatchNorm,
     Composite,
     Inverse,
+    LULinear,
     MaskedAutoregressive,
     RandomPermutation,
     ReversePermutation,
@@ -91,7 +92,7 @@ class DiagonalNormal(nn.Module):
             raise ValueError(f"expected features to be an int >= 1, got {features!r}")
         self.features, self.context_features = features, context_features
         self.affine = Affine(eps)
-        unit = math.log(math.expm1(1.0 - eps))  # softplus(unit) + eps == 1
+        identity = self.affine.identity_params().to(torch.get_default_dtype())  # unit scale, zero shift
         generator = torch.Generator()
         generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
         if context_features:
@@ -100,9 +101,9 @@ class DiagonalNormal(nn.Module):
             self.linear = nn.Linear(context_features, 2 * features)
             with torch.no_grad():
                 self.linear.weight.copy_(weight)
-                self.linear.bias.copy_(torch.tensor([unit, 0.0]).repeat(features))
+                self.linear.bias.copy_(identity.repeat(features))
         else:
-            self.params = nn.Parameter(torch.tensor([unit, 0.0]).repeat(features, 1))
+            self.params = nn.Parameter(identity.repeat(features, 1))
 
     def _params(self, context: Tensor | None) -> Tensor:
         if not self.context_features:
@@ -268,29 +269,34 @@ def _distribution_class() -> type[FlowDistribution]:
 
 
 def _flow(inverse, features, transforms, hidden_features, transformer, context_features, batch_norm,
-          permutation, base, seed, bins, bound, made_options) -> Flow:
+          permutation, linear, identity_init, base, seed, bins, bound, made_options) -> Flow:
     """The flow of :func:`MAF` (``inverse=False``) or :func:`IAF` (each layer inverted)."""
     options = {k: v for k, v in (("bins", bins), ("bound", bound)) if v is not None}
     transform = _layers(features, transforms, hidden_features, transformer, context_features, batch_norm,
-                        permutation, seed, inverse, options, made_options)
+                        permutation, linear, identity_init, seed, inverse, options, made_options)
     return Flow(transform, StandardNormal(features) if base is None else base, context_features)
 
 
 def _layers(features: int, transforms: int, hidden_features, transformer, context_features, batch_norm,
-            permutation, seed, inverse, transformer_options, made_options) -> Composite:
+            permutation, linear, identity_init, seed, inverse, transformer_options, made_options) -> Composite:
     if isinstance(transforms, bool) or not isinstance(transforms, int) or transforms < 1:
         raise ValueError(f"expected transforms to be an int >= 1, got {transforms!r}")
     if permutation not in ("reverse", "random", None):
         raise ValueError(f"expected permutation 'reverse', 'random' or None, got {permutation!r}")
+    if linear not in ("lu", None):
+        raise ValueError(f"expected linear 'lu' or None, got {linear!r}")
     layers: list[Transform] = []
     for i in range(transforms):
         if i > 0 and permutation == "reverse":
             layers.append(ReversePermutation(features))
         elif i > 0 and permutation == "random":
             layers.append(RandomPermutation(features, None if seed is None else seed + 1000 + i))
+        if i > 0 and linear == "lu":
+            layers.append(LULinear(features))
         layer = MaskedAutoregressive(
             features, hidden_features, transformer, context_features=context_features,
-            transformer_options=transformer_options, seed=None if seed is None else seed + i, **made_options,
+            transformer_options=transformer_options, identity_init=identity_init,
+            seed=None if seed is None else seed + i, **made_options,
         )
         layers.append(Inverse(layer) if inverse else layer)
         if batch_norm and i < transforms - 1:
@@ -307,6 +313,8 @@ def MAF(
     context_features: int = 0,
     batch_norm: bool = False,
     permutation: str | None = "reverse",
+    linear: str | None = None,
+    identity_init: bool = True,
     base: nn.Module | None = None,
     seed: int | None = None,
     bins: int | None = None,
@@ -315,7 +323,19 @@ def MAF(
 ) -> Flow:
     r"""A masked autoregressive flow (Papamakarios et al., 2017): ``transforms`` MADE-conditioned
     layers, data to noise in one pass each, with a permutation between layers (reversing the
-    order, as in the paper, or random) and optional batch norm between them.
+    order, as in the paper, or random), optionally followed by a learned LU-decomposed linear map,
+    and optional batch norm between them.
+
+    The layers, data to noise, for ``transforms = K`` (:math:`A_i` the autoregressive layers):
+
+    .. math:: A_1,\ [\mathrm{BN},]\ [\Pi_2,]\ [\mathrm{LU}_2,]\ A_2,\ \dots,\
+        [\mathrm{BN},]\ [\Pi_K,]\ [\mathrm{LU}_K,]\ A_K
+
+    with batch norm when ``batch_norm``, the permutation :math:`\Pi_i` unless ``permutation`` is
+    ``None``, and :class:`~flowkit.transforms.LULinear` when ``linear="lu"``. A random permutation
+    followed by an LU layer is the linear step of Durkan et al., *Neural Spline Flows* (2019),
+    who also put one before the first and after the last layer; here it goes between layers only,
+    like the permutations (a flow of one layer has none).
 
     Arguments:
         features: the number of features :math:`D`.
@@ -325,6 +345,11 @@ def MAF(
         context_features: the width of the context (conditional flow); 0 for none.
         batch_norm: insert :class:`~flowkit.transforms.BatchNorm` between layers.
         permutation: ``"reverse"``, ``"random"`` or ``None`` between layers.
+        linear: ``"lu"`` for an :class:`~flowkit.transforms.LULinear` between layers (after the
+            permutation; it starts as the identity), or ``None``.
+        identity_init: whether every autoregressive layer starts within a tiny distance of the
+            identity (see :class:`~flowkit.transforms.MaskedAutoregressive`), so that the untrained
+            flow is close to its base; ``False`` keeps the MADE's initialisation.
         base: the base density; a standard normal by default (a :class:`flowkit.MADEMoG` makes
             a MAF MoG).
         seed: the seed of every layer's masks and weights (layer ``i`` uses ``seed + i``).
@@ -335,9 +360,12 @@ def MAF(
         >>> flow = MAF(3, transforms=2, hidden_features=[16], transformer="spline", bins=4, seed=0)
         >>> flow.log_prob(torch.randn(5, 3)).shape
         torch.Size([5])
+        >>> lu = MAF(3, transforms=2, hidden_features=[16], permutation="random", linear="lu", seed=0)
+        >>> [type(t).__name__ for t in lu.transform.transforms]
+        ['MaskedAutoregressive', 'RandomPermutation', 'LULinear', 'MaskedAutoregressive']
     """
     return _flow(False, features, transforms, hidden_features, transformer, context_features, batch_norm,
-                 permutation, base, seed, bins, bound, made_options)
+                 permutation, linear, identity_init, base, seed, bins, bound, made_options)
 
 
 def IAF(
@@ -349,6 +377,8 @@ def IAF(
     context_features: int = 0,
     batch_norm: bool = False,
     permutation: str | None = "reverse",
+    linear: str | None = None,
+    identity_init: bool = True,
     base: nn.Module | None = None,
     seed: int | None = None,
     bins: int | None = None,
@@ -367,4 +397,4 @@ def IAF(
         True
     """
     return _flow(True, features, transforms, hidden_features, transformer, context_features, batch_norm,
-                 permutation, base, seed, bins, bound, made_options)
+                 permutation, linear, identity_init, base, seed, bins, bound, made_options)

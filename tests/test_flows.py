@@ -26,7 +26,9 @@ SPLINE = {"transformer": "spline", "bins": 4, "bound": 3.0}
 
 def prepared(model, factor=1.0):
     """``model`` in float64 and eval mode, its weights scaled by ``factor``; affine layers start
-    from a unit scale (``softplus(u) = 1``), so a MAF's density does not spread over the plane."""
+    from a unit scale (``softplus(u) = 1``), so a MAF's density does not spread over the plane.
+    Flows given here are built with ``identity_init=False``: the tests want layers far from the
+    identity (``tests/test_init.py`` covers the identity start)."""
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(factor)
@@ -65,12 +67,13 @@ def grid(n=600, half_width=8.0):
 
 
 ONE_D = {
-    "maf-affine": (lambda: prepared(MAF(1, 3, [8], seed=0), 3.0), quad_total),
-    "iaf-affine": (lambda: prepared(IAF(1, 3, [8], seed=0), 3.0), quad_total),
+    "maf-affine": (lambda: prepared(MAF(1, 3, [8], identity_init=False, seed=0), 3.0), quad_total),
+    "iaf-affine": (lambda: prepared(IAF(1, 3, [8], identity_init=False, seed=0), 3.0), quad_total),
     "mademog": (lambda: prepared(MADEMoG(1, 3, [8], seed=0), 3.0), quad_total),
-    "maf-mog": (lambda: prepared(MAF(1, 2, [8], base=MADEMoG(1, 3, [8], seed=5), seed=0), 3.0), quad_total),
-    "maf-spline": (lambda: prepared(MAF(1, 3, [8], **SPLINE, seed=0), 2.0), simpson_total),
-    "iaf-spline": (lambda: prepared(IAF(1, 3, [8], **SPLINE, seed=0), 2.0), simpson_total),
+    "maf-mog": (lambda: prepared(MAF(1, 2, [8], base=MADEMoG(1, 3, [8], seed=5), identity_init=False, seed=0), 3.0),
+                quad_total),
+    "maf-spline": (lambda: prepared(MAF(1, 3, [8], **SPLINE, identity_init=False, seed=0), 2.0), simpson_total),
+    "iaf-spline": (lambda: prepared(IAF(1, 3, [8], **SPLINE, identity_init=False, seed=0), 2.0), simpson_total),
 }
 
 
@@ -85,13 +88,16 @@ def test_one_dimensional_flows_integrate_to_one(kind):
 
 
 TWO_D = {
-    "maf-affine": (lambda: prepared(MAF(2, 3, [16, 16], seed=2), 1.5), None),
-    "maf-spline": (lambda: prepared(MAF(2, 2, [16, 16], **SPLINE, seed=0), 1.25), None),
-    "iaf-affine": (lambda: prepared(IAF(2, 3, [16, 16], seed=0), 1.25), None),
-    "maf-mog": (lambda: prepared(MAF(2, 2, [16], base=MADEMoG(2, 3, [16], seed=1), seed=0), 1.0), None),
-    "conditional-maf-spline": (lambda: prepared(MAF(2, 2, [16, 16], **SPLINE, context_features=3, seed=0), 1.25),
+    "maf-affine": (lambda: prepared(MAF(2, 3, [16, 16], identity_init=False, seed=2), 1.5), None),
+    "maf-spline": (lambda: prepared(MAF(2, 2, [16, 16], **SPLINE, identity_init=False, seed=0), 1.25), None),
+    "iaf-affine": (lambda: prepared(IAF(2, 3, [16, 16], identity_init=False, seed=0), 1.25), None),
+    "maf-mog": (lambda: prepared(MAF(2, 2, [16], base=MADEMoG(2, 3, [16], seed=1), identity_init=False, seed=0), 1.0),
+                None),
+    "conditional-maf-spline": (lambda: prepared(MAF(2, 2, [16, 16], **SPLINE, context_features=3, identity_init=False,
+                                                    seed=0), 1.25),
                                [0.5, -1.0, 2.0]),
-    "conditional-maf-affine": (lambda: prepared(MAF(2, 3, [16, 16], context_features=3, seed=0), 1.0),
+    "conditional-maf-affine": (lambda: prepared(MAF(2, 3, [16, 16], context_features=3, identity_init=False, seed=0),
+                                                1.0),
                                [0.5, -1.0, 2.0]),
 }
 
@@ -120,12 +126,12 @@ def test_conditional_flow_changes_with_the_context():
 
 
 FLOWS = {
-    "maf-affine": lambda: prepared(MAF(3, 3, [16, 16], context_features=2, seed=0), 1.5),
-    "maf-spline": lambda: prepared(MAF(3, 3, [16, 16], context_features=2, **SPLINE, seed=1), 1.5),
-    "iaf-affine": lambda: prepared(IAF(3, 3, [16, 16], context_features=2, seed=2), 1.5),
-    "iaf-spline": lambda: prepared(IAF(3, 3, [16, 16], context_features=2, **SPLINE, seed=3), 1.5),
+    "maf-affine": lambda: prepared(MAF(3, 3, [16, 16], context_features=2, identity_init=False, seed=0), 1.5),
+    "maf-spline": lambda: prepared(MAF(3, 3, [16, 16], context_features=2, **SPLINE, identity_init=False, seed=1), 1.5),
+    "iaf-affine": lambda: prepared(IAF(3, 3, [16, 16], context_features=2, identity_init=False, seed=2), 1.5),
+    "iaf-spline": lambda: prepared(IAF(3, 3, [16, 16], context_features=2, **SPLINE, identity_init=False, seed=3), 1.5),
     "maf-batch-norm": lambda: prepared(MAF(3, 3, [16, 16], context_features=2, batch_norm=True,
-                                           permutation="random", seed=4), 1.5),
+                                           permutation="random", identity_init=False, seed=4), 1.5),
 }
 
 
@@ -154,7 +160,7 @@ def test_sampling_without_gradients_matches_the_graph_path(kind):
 
 @pytest.mark.parametrize("factory", [MAF, IAF])
 def test_unconditional_sample_and_log_prob_agrees_with_log_prob(factory):
-    flow = prepared(factory(3, 3, [16], seed=5), 1.5)
+    flow = prepared(factory(3, 3, [16], identity_init=False, seed=5), 1.5)
     x, log_p = flow.sample_and_log_prob((2, 3))
     assert x.shape == (2, 3, 3) and log_p.shape == (2, 3)
     torch.testing.assert_close(flow.log_prob(x), log_p, rtol=0, atol=1e-8)
@@ -163,8 +169,8 @@ def test_unconditional_sample_and_log_prob_agrees_with_log_prob(factory):
 @pytest.mark.parametrize("transformer", ["affine", "spline"])
 def test_an_iaf_layer_is_the_inverse_of_the_maf_layer_with_the_same_seed(transformer):
     options = SPLINE if transformer == "spline" else {}
-    maf = prepared(MAF(3, 1, [16], context_features=2, seed=23, **options), 1.5)
-    iaf = prepared(IAF(3, 1, [16], context_features=2, seed=23, **options), 1.5)
+    maf = prepared(MAF(3, 1, [16], context_features=2, identity_init=False, seed=23, **options), 1.5)
+    iaf = prepared(IAF(3, 1, [16], context_features=2, identity_init=False, seed=23, **options), 1.5)
     generator = torch.Generator().manual_seed(24)
     z = torch.randn(10, 3, dtype=torch.float64, generator=generator)
     context = torch.randn(10, 2, dtype=torch.float64, generator=generator)
@@ -199,7 +205,7 @@ def test_zero_samples():
 
 @pytest.mark.parametrize("factory", [MAF, IAF])
 def test_log_prob_batch_dims_and_broadcast_context(factory):
-    flow = prepared(factory(3, 2, [16], context_features=2, seed=8), 1.5)
+    flow = prepared(factory(3, 2, [16], context_features=2, identity_init=False, seed=8), 1.5)
     generator = torch.Generator().manual_seed(9)
     x = torch.randn(5, 3, 3, dtype=torch.float64, generator=generator)
     context = torch.randn(3, 2, dtype=torch.float64, generator=generator)
@@ -240,7 +246,7 @@ def test_sample_has_no_gradient(factory):
 
 
 def test_distribution_interface():
-    flow = prepared(MAF(3, 2, [16], context_features=2, seed=11), 1.5)
+    flow = prepared(MAF(3, 2, [16], context_features=2, identity_init=False, seed=11), 1.5)
     context = torch.randn(4, 2, dtype=torch.float64)
     q = flow.distribution(context)
     assert isinstance(q, torch.distributions.Distribution) and isinstance(q, FlowDistribution)
@@ -252,7 +258,7 @@ def test_distribution_interface():
     assert q.log_prob(x).shape == (5, 4)
     torch.testing.assert_close(q.log_prob(x), flow.log_prob(x, context))
 
-    plain = prepared(MAF(3, 2, [16], seed=11)).distribution()
+    plain = prepared(MAF(3, 2, [16], identity_init=False, seed=11)).distribution()
     assert plain.batch_shape == () and plain.event_shape == (3,)
     assert plain.sample((2, 6)).shape == (2, 6, 3)
 
@@ -265,8 +271,8 @@ def gaussian_of(flow):
 
 
 def test_distribution_monte_carlo_kl_matches_the_closed_form():
-    q_flow = prepared(MAF(1, 2, [8], seed=12), 2.0)
-    p_flow = prepared(MAF(1, 2, [8], seed=13), 2.0)
+    q_flow = prepared(MAF(1, 2, [8], identity_init=False, seed=12), 2.0)
+    p_flow = prepared(MAF(1, 2, [8], identity_init=False, seed=13), 2.0)
     q_normal, p_normal = gaussian_of(q_flow), gaussian_of(p_flow)
     x = torch.linspace(-5, 5, 11, dtype=torch.float64)
     torch.testing.assert_close(q_flow.log_prob(x[:, None]), q_normal.log_prob(x), rtol=0, atol=1e-10)
@@ -361,7 +367,7 @@ def test_maf_mog():
 
 def test_conditional_maf_mog():
     base = MADEMoG(2, 3, [16], context_features=2, seed=1)
-    flow = prepared(MAF(2, 2, [16], base=base, context_features=2, seed=0))
+    flow = prepared(MAF(2, 2, [16], base=base, context_features=2, identity_init=False, seed=0))
     context = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
     samples, log_p = flow.sample_and_log_prob(5, context, generator=torch.Generator().manual_seed(17))
     assert samples.shape == (5, 3, 2)

@@ -1,8 +1,10 @@
-"""Invertible transforms, data to noise: the protocol, autoregressive layers, permutations, batch norm."""
+"""Invertible transforms, data to noise: the protocol, autoregressive layers, permutations, LU-linear
+layers, batch norm."""
 
 from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform
 from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadratic_spline
 from flowkit.transforms.autoregressive import Affine, MaskedAutoregressive
+from flowkit.transforms.linear import LULinear
 from flowkit.transforms.normalization import BatchNorm
 from flowkit.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
 
@@ -18,5 +20,6 @@ __all__ = [
     "Permutation",
     "ReversePermutation",
     "RandomPermutation",
+    "LULinear",
     "BatchNorm",
 ]

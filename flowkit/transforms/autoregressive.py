@@ -6,6 +6,7 @@ Kingma et al., *Improved Variational Inference with Inverse Autoregressive Flow*
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,10 @@ from flowkit.transforms.base import Transform, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
 from flowkit.validation import check_context, check_finite
 
-__all__ = ["Affine", "MaskedAutoregressive", "make_transformer"]
+__all__ = ["Affine", "MaskedAutoregressive", "make_transformer", "IDENTITY_WEIGHT_BOUND"]
+
+IDENTITY_WEIGHT_BOUND = 1e-3
+"""The largest output weight of a MADE when a :class:`MaskedAutoregressive` starts at the identity."""
 
 
 class Affine(nn.Module):
@@ -45,6 +49,20 @@ class Affine(nn.Module):
         if eps <= 0:
             raise ValueError(f"expected eps > 0, got {eps}")
         self.eps = eps
+
+    def identity_params(self) -> Tensor:
+        r"""The parameters of the identity, ``(2,)``: :math:`u` with
+        :math:`\operatorname{softplus}(u) + \epsilon = 1`, and :math:`t = 0`; in float64.
+
+        Example:
+            >>> affine = Affine()
+            >>> y, logabsdet = affine(torch.tensor([0.7], dtype=torch.float64), affine.identity_params()[None])
+            >>> y.item(), abs(logabsdet.item()) < 1e-15
+            (0.7, True)
+        """
+        if self.eps >= 1:
+            raise ValueError(f"a scale softplus(u) + eps with eps = {self.eps} >= 1 cannot be 1: no identity")
+        return torch.tensor([math.log(math.expm1(1.0 - self.eps)), 0.0], dtype=torch.float64)
 
     def _scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
         return F.softplus(params[..., 0]) + self.eps, params[..., 1]
@@ -88,8 +106,21 @@ class MaskedAutoregressive(Transform):
             ``forward(x, params)`` and ``inverse(y, params)``, elementwise).
         context_features: the width of the context (0: unconditional).
         transformer_options: keywords of the transformer (``bins``, ``bound`` for the spline).
+        identity_init: start within a tiny distance of the identity (see below); ``False`` keeps
+            the MADE's own initialisation of its output layer.
         made_options: any keyword of :class:`flowkit.MADE` (``order``, ``hidden_degrees``,
             ``activation``, ``direct``, ``seed``, ...).
+
+    With ``identity_init`` (the default) the MADE's output layer starts with its bias equal to the
+    transformer's ``identity_params()`` for every feature and its weights rescaled to at most
+    ``IDENTITY_WEIGHT_BOUND`` (:math:`10^{-3}`, the scale of nflows' zero initialisation of
+    residual blocks) in magnitude, keeping the MADE's seeded draw; the direct connection, if any,
+    starts at zero. Every output is then the identity's parameter plus a perturbation of about
+    :math:`10^{-3} \sqrt{H}`, so an untrained flow stays close to its base whatever its depth
+    (layers that start far from the identity compound their scales: an untrained 5-layer affine
+    MAF of 63 features drew samples up to :math:`10^{13}`), while no weight is zero and every
+    weight receives a gradient. The hidden layers keep the MADE's initialisation. A transformer
+    module without ``identity_params`` keeps the MADE's initialisation throughout.
 
     Example:
         >>> layer = MaskedAutoregressive(3, [16], seed=0)
@@ -107,12 +138,26 @@ class MaskedAutoregressive(Transform):
         *,
         context_features: int = 0,
         transformer_options: dict[str, Any] | None = None,
+        identity_init: bool = True,
         **made_options: Any,
     ):
         super().__init__()
         self.transformer = make_transformer(transformer, **(transformer_options or {}))
         self.made = MADE(features, hidden_features, params=self.transformer.params,
                          context_features=context_features, **made_options)
+        if identity_init and hasattr(self.transformer, "identity_params"):
+            self._start_at_identity()
+
+    def _start_at_identity(self) -> None:
+        output = self.made.layers[-1]  # rows d * P .. d * P + P - 1 belong to feature d
+        identity = self.transformer.identity_params().to(output.bias)
+        with torch.no_grad():
+            largest = output.weight.abs().max()
+            if largest > 0:
+                output.weight.mul_(IDENTITY_WEIGHT_BOUND / largest)
+            output.bias.copy_(identity.repeat(self.features))
+            if self.made.direct is not None:
+                self.made.direct.weight.zero_()
 
     @property
     def features(self) -> int:

@@ -208,6 +208,28 @@ class RationalQuadraticSpline(nn.Module):
         self.min_derivative = float(min_derivative)
         self.params = 3 * bins - 1
 
+    def identity_params(self) -> Tensor:
+        r"""The parameters of the identity, ``(3K - 1,)``: equal widths and heights (every bin of
+        width and height :math:`2B / K`, every slope :math:`s_k = 1`) and interior derivatives
+        :math:`\tilde d` with :math:`d_{\min} + \operatorname{softplus}(\tilde d) = 1`. With every
+        slope and derivative 1 the rational-quadratic reduces to :math:`y = x`. In float64, so that
+        it can be cast to any dtype without losing the identity.
+
+        Example:
+            >>> spline = RationalQuadraticSpline(bins=4)
+            >>> x = torch.linspace(-4.0, 4.0, 9, dtype=torch.float64)
+            >>> params = spline.identity_params().expand(9, -1)
+            >>> y, ladj = spline(x, params)
+            >>> (y - x).abs().max().item() < 1e-12, ladj.abs().max().item() < 1e-12
+            (True, True)
+        """
+        if self.min_derivative >= 1:
+            raise ValueError(f"interior derivatives min_derivative + softplus(d) with min_derivative = "
+                             f"{self.min_derivative} >= 1 cannot be 1: no identity")
+        derivative = math.log(math.expm1(1.0 - self.min_derivative))
+        return torch.cat([torch.zeros(2 * self.bins, dtype=torch.float64),
+                          torch.full((self.bins - 1,), derivative, dtype=torch.float64)])
+
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """The spline: ``x: (*shape)``, ``params: (*shape, 3K - 1)`` to ``y, log |dy/dx|: (*shape)``."""
         return self._transform(x, params, inverse=False)
