@@ -61,3 +61,27 @@ def test_vae_bounds_and_training_step():
         assert elbo.shape == iwae.shape == (6,)
         assert (iwae >= elbo - 1e-4).all()          # log-mean-exp >= mean, on the same weights
         assert 0 <= vae_mnist.active_units(model, x) <= 4
+
+
+def test_bench_train_script_runs(tmp_path, monkeypatch):
+    bench_train = _load("bench_train")
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--quick", "--threads", "1", "--out", str(tmp_path)])
+    threads = torch.get_num_threads()
+    try:
+        bench_train.main()
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "bench_train.json").read_text())
+    cases = {case["task"].split(" D=")[0]: case for case in results["cases"]}
+    expected = {
+        "Bernoulli MADE": {"flowkit", "flowkit, validation off", "plain masked MLP", "nflows", "pyro", "zuko"},
+        "affine MAF": {"flowkit", "flowkit, validation off", "nflows", "zuko", "normflows", "pyro"},
+        "RQ spline MAF": {"flowkit", "flowkit, validation off", "nflows", "zuko", "pyro"},
+    }
+    assert set(cases) == set(expected)
+    for name, implementations in expected.items():
+        assert set(cases[name]["classes"]) == implementations and not cases[name]["unavailable"]
+        for figures in cases[name]["seconds"].values():
+            assert set(figures) == implementations
+            assert all(f["median"] > 0 and f["min"] > 0 for f in figures.values())
+    assert (tmp_path / "bench_train.md").read_text().count("| flowkit |") == 3
