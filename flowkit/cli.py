@@ -29,7 +29,10 @@ TOY_SEEDS = (0, 1, 2)
 FILE_SUFFIXES = (".npy", ".npz", ".csv")
 # the settings that, with the data, determine the model's architecture
 ARCHITECTURE = ("data", "model", "hidden", "masks", "order_agnostic", "direct", "layers", "components", "bins",
-                "seed", "kind", "features", "categories")
+                "seed", "kind", "features", "categories", "fresh_masks", "residual_blocks", "dropout", "linear",
+                "bound")
+# architecture settings added after run directories were first written, with the value older runs had
+LATER_ARCHITECTURE = {"fresh_masks": False, "residual_blocks": 0, "dropout": 0.0, "linear": None, "bound": None}
 
 
 class CommandError(ValueError):
@@ -83,7 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mask sets for connectivity-agnostic training (bernoulli, categorical, made-mog); the "
                      "test NLL is also reported for their ensemble")
     fit.add_argument("--order-agnostic", action="store_true",
-                     help="give every mask set after the first its own random ordering")
+                     help="give every mask set after the first its own random ordering (with --fresh-masks: "
+                     "every mask key)")
+    fit.add_argument("--fresh-masks", action="store_true",
+                     help="draw a new mask for every minibatch from a mask key (the step), none stored, as in the "
+                     "MADE paper; --masks R then scores the validation and test data with the ensemble of mask keys "
+                     "0..R-1 (bernoulli, categorical, made-mog)")
+    fit.add_argument("--residual-blocks", type=int, default=0, metavar="K",
+                     help="residual blocks after the first hidden layer of every MADE (ResMADE); needs one --hidden "
+                     "width (default 500 or 128)")
+    fit.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                     help="probability of dropping a hidden activation of every MADE in training, in [0, 1)")
+    fit.add_argument("--linear", choices=("lu",), default=None,
+                     help="lu: a learned LU-decomposed linear map between the layers of maf, iaf and spline")
+    fit.add_argument("--bound", type=float, default=None, metavar="B",
+                     help="the spline acts on [-B, B] and is the identity outside (spline; default: the library's, 3)")
     fit.add_argument("--direct", action="store_true", help="add the direct input-to-output connection")
     fit.add_argument("--layers", type=int, default=5, help="autoregressive layers of maf, iaf and spline")
     fit.add_argument("--components", type=int, default=10, help="mixture components per conditional of made-mog")
@@ -114,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--run", required=True, help=run_help)
     evaluate.add_argument("--ensemble", type=int, default=None, metavar="R",
-                          help="score the ensemble of the first R mask sets (needs a run with --masks >= R)")
+                          help="score the ensemble of the first R mask sets (needs a run with --masks >= R); for a "
+                          "--fresh-masks run, of the mask keys 0..R-1 (any R)")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test", help="the data to score")
 
     sample = commands.add_parser(
@@ -208,8 +226,9 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     from flowkit import IAF, MAF, BernoulliMADE, CategoricalMADE, MADEMoG
 
     model, features, hidden, seed = config["model"], config["features"], config["hidden"], config["seed"]
-    options = dict(num_masks=config["masks"], order_agnostic=config["order_agnostic"], direct=config["direct"],
-                   seed=seed)
+    layer_options = dict(residual_blocks=config["residual_blocks"], dropout=config["dropout"])
+    options = dict(num_masks=1 if config["fresh_masks"] else config["masks"], order_agnostic=config["order_agnostic"],
+                   direct=config["direct"], seed=seed, **layer_options)
     torch.manual_seed(seed)
     if model == "bernoulli":
         return BernoulliMADE(features, hidden, **options)
@@ -217,12 +236,13 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         return CategoricalMADE(features, config["categories"], hidden, **options)
     if model == "made-mog":
         return MADEMoG(features, config["components"], hidden, **options)
-    flow_options = dict(seed=seed, direct=config["direct"])
+    flow_options = dict(seed=seed, direct=config["direct"], linear=config["linear"], **layer_options)
     if model == "maf":
         return MAF(features, config["layers"], hidden, **flow_options)
     if model == "iaf":
         return IAF(features, config["layers"], hidden, **flow_options)
-    return MAF(features, config["layers"], hidden, transformer="spline", bins=config["bins"], **flow_options)
+    return MAF(features, config["layers"], hidden, transformer="spline", bins=config["bins"], bound=config["bound"],
+               **flow_options)
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -239,6 +259,24 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CommandError(f"--clip must be positive, got {args.clip}")
     if not args.weight_decay >= 0:
         raise CommandError(f"--weight-decay must be at least 0, got {args.weight_decay}")
+    if args.residual_blocks < 0:
+        raise CommandError(f"--residual-blocks must be at least 0, got {args.residual_blocks}")
+    if args.residual_blocks and args.hidden is not None and len(args.hidden) != 1:
+        raise CommandError(f"--residual-blocks needs one --hidden width, got {' '.join(map(str, args.hidden))}")
+    if not 0 <= args.dropout < 1:
+        raise CommandError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.bound is not None and not 0 < args.bound < float("inf"):
+        raise CommandError(f"--bound must be positive and finite, got {args.bound}")
+
+
+def _check_model_options(args: argparse.Namespace, model: str) -> None:
+    if model in FLOWS and (args.masks > 1 or args.order_agnostic or args.fresh_masks):
+        raise CommandError(f"--masks, --order-agnostic and --fresh-masks apply to bernoulli, categorical and "
+                           f"made-mog, not {model}")
+    if args.linear is not None and model not in FLOWS:
+        raise CommandError(f"--linear applies to maf, iaf and spline, not {model}")
+    if args.bound is not None and model != "spline":
+        raise CommandError(f"--bound applies to spline, not {model}")
 
 
 def _bits_per_dim(nll: float, config: dict[str, Any]) -> float | None:
@@ -281,16 +319,17 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
         if args.data != "digits":
             notes.append(f"model: {model_name} (the default for {info['kind']} data)")
     _check_fits(model_name, args.data, info["kind"])
-    if model_name in FLOWS and (args.masks > 1 or args.order_agnostic):
-        raise CommandError(f"--masks and --order-agnostic apply to bernoulli, categorical and made-mog, not {model_name}")
-    hidden = args.hidden or ([500] if model_name in DISCRETE_MODELS else [128, 128])
+    _check_model_options(args, model_name)
+    hidden = args.hidden or ([500] if model_name in DISCRETE_MODELS else [128] if args.residual_blocks else [128, 128])
     data_name = args.data
     if Path(args.data).is_file() and args.data not in NAMED_DATA:
         data_name = str(Path(args.data).resolve())
     config = {
         "data": data_name, "model": model_name, "hidden": hidden, "masks": args.masks,
         "order_agnostic": args.order_agnostic, "direct": args.direct, "layers": args.layers,
-        "components": args.components, "bins": args.bins, "seed": args.seed, **info,
+        "components": args.components, "bins": args.bins, "seed": args.seed, "fresh_masks": args.fresh_masks,
+        "residual_blocks": args.residual_blocks, "dropout": args.dropout, "linear": args.linear, "bound": args.bound,
+        **info,
         "training": {key: getattr(args, key) for key in
                      ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "lr_schedule", "clip",
                       "device")},
@@ -311,29 +350,31 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     model = build_model(config)
-    ensemble = args.masks if args.masks > 1 and model_name in AUTOREGRESSIVE else None
+    ensemble = args.masks if (args.masks > 1 or args.fresh_masks) and model_name in AUTOREGRESSIVE else None
     start = time.perf_counter()
     history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   optimizer=args.optimizer, weight_decay=args.weight_decay, patience=args.patience,
-                  ensemble=ensemble, seed=args.seed, progress=args.progress,
+                  ensemble=ensemble, masks="fresh" if args.fresh_masks else "cycle", seed=args.seed,
+                  progress=args.progress,
                   lr_schedule=args.lr_schedule, clip=args.clip, device=args.device, log=log,
                   checkpoint=checkpoint, resume=args.resume)
     seconds = time.perf_counter() - start
     device = next(model.parameters()).device
     if model_name in AUTOREGRESSIVE:
-        model.made.use_mask(0)
+        model.made.use_mask(0)  # with fresh masks, the one mask set holds key 0
     valid_nll, valid_se = evaluate(model, splits.valid)
     test_nll, test_se = evaluate(model, splits.test)
     metrics = {
         "data": args.data, "model": model_name, "kind": info["kind"], "features": info["features"],
-        "hidden": hidden, "masks": args.masks, "order_agnostic": args.order_agnostic,
+        "hidden": hidden, "masks": args.masks, "order_agnostic": args.order_agnostic, "fresh_masks": args.fresh_masks,
         "epochs_run": len(history.train_nll), "best_epoch": history.best_epoch + 1,
         "train_seconds": round(seconds, 2), "valid_nll": valid_nll, "valid_nll_se": valid_se,
         "test_nll": test_nll, "test_nll_se": test_se,
     }
-    if ensemble:
-        metrics["valid_nll_ensemble"], _ = evaluate(model, splits.valid, ensemble=ensemble)
-        metrics["test_nll_ensemble"], metrics["test_nll_ensemble_se"] = evaluate(model, splits.test, ensemble=ensemble)
+    if ensemble and args.masks > 1:
+        scoring = dict(keys=ensemble) if args.fresh_masks else dict(ensemble=ensemble)
+        metrics["valid_nll_ensemble"], _ = evaluate(model, splits.valid, **scoring)
+        metrics["test_nll_ensemble"], metrics["test_nll_ensemble_se"] = evaluate(model, splits.test, **scoring)
     if model_name == "bernoulli":
         metrics["test_nll_independent"] = evaluate(IndependentBernoulli(splits.train), splits.test)[0]
     for key in [key for key in metrics if key.endswith("_nll") or key.endswith("_nll_ensemble")]:
@@ -370,16 +411,18 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
 def report(metrics: dict, out: str, written: Sequence[str]) -> str:
     family = "MADE" if metrics["model"] in DISCRETE_MODELS else ("" if metrics["model"] == "made-mog" else "flow")
     bits = lambda key: f" ({metrics[key]:.3f} bits/dim)" if key in metrics else ""  # noqa: E731
+    fresh = metrics.get("fresh_masks", False)
+    single, members = (" (mask key 0)", "mask keys") if fresh else (" (mask set 0)", "mask sets")
     lines = [
         f"{metrics['model']}{' ' + family if family else ''} on {metrics['data']}: {metrics['epochs_run']} epochs "
         f"(best {metrics['best_epoch']}), {metrics['train_seconds']:.1f} s",
         f"validation NLL  {metrics['valid_nll']:8.3f} nats{bits('valid_bpd')}",
         f"test NLL        {metrics['test_nll']:8.3f} ± {metrics['test_nll_se']:.3f} nats"
-        f"{' (mask set 0)' if metrics['model'] in AUTOREGRESSIVE else ''}{bits('test_bpd')}",
+        f"{single if metrics['model'] in AUTOREGRESSIVE else ''}{bits('test_bpd')}",
     ]
     if "test_nll_ensemble" in metrics:
         lines.append(f"test NLL        {metrics['test_nll_ensemble']:8.3f} ± {metrics['test_nll_ensemble_se']:.3f}"
-                     f" nats (ensemble of {metrics['masks']} mask sets){bits('test_bpd_ensemble')}")
+                     f" nats (ensemble of {metrics['masks']} {members}){bits('test_bpd_ensemble')}")
     if "test_nll_independent" in metrics:
         lines.append(f"test NLL        {metrics['test_nll_independent']:8.3f} nats (independent Bernoullis, for reference)")
     lines.append("wrote " + ", ".join(f"{out}/{name}" for name in written[:4]))
@@ -397,7 +440,7 @@ def _read_config(run: Path) -> dict[str, Any]:
         raise CommandError(f"run directory not found: {run}")
     if not path.is_file():
         raise CommandError(f"not a run directory (no config.json): {run}")
-    return json.loads(path.read_text())
+    return {**LATER_ARCHITECTURE, **json.loads(path.read_text())}
 
 
 def load_run(run: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -421,11 +464,18 @@ def run_eval(args: argparse.Namespace) -> str:
     if args.ensemble is not None:
         if config["model"] not in AUTOREGRESSIVE:
             raise CommandError(f"--ensemble needs mask sets, which a {config['model']} flow has none of")
-        if not 1 <= args.ensemble <= config["masks"]:
+        if config["fresh_masks"] and args.ensemble < 1:
+            raise CommandError(f"--ensemble must be at least 1 (mask keys 0..R-1), got {args.ensemble}")
+        if not config["fresh_masks"] and not 1 <= args.ensemble <= config["masks"]:
             raise CommandError(f"--ensemble must be in 1..{config['masks']} (the run's mask sets), got {args.ensemble}")
     splits, _, _ = load_data(config["data"], config["model"])
-    nll, se = evaluate(model, getattr(splits, args.split), ensemble=args.ensemble)
-    what = "" if args.ensemble is None else f" (ensemble of {args.ensemble} mask sets)"
+    data = getattr(splits, args.split)
+    if config["fresh_masks"] and args.ensemble is not None:
+        nll, se = evaluate(model, data, keys=args.ensemble)
+    else:
+        nll, se = evaluate(model, data, ensemble=args.ensemble)
+    members = "mask keys" if config["fresh_masks"] else "mask sets"
+    what = "" if args.ensemble is None else f" (ensemble of {args.ensemble} {members})"
     line = f"{args.split} NLL {nll:.4f} ± {se:.4f} nats{what}"
     bits = _bits_per_dim(nll, config)
     return line + ("" if bits is None else f", {bits:.4f} bits/dim")

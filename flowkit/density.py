@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from flowkit.engine import autoregressive
 from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head
 from flowkit.made import MADE
-from flowkit.validation import check_context, check_shape
+from flowkit.validation import check_context, check_shape, checked
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
@@ -27,6 +27,10 @@ class AutoregressiveDensity(nn.Module):
     first ``R`` of them as a uniform mixture,
     :math:`p(x) = \frac{1}{R} \sum_r p_r(x)`, which is a proper density; averaging the networks'
     outputs instead would not be.
+
+    ``keys=R`` does the same with the mask keys ``0..R-1`` (:meth:`flowkit.MADE.draw_masks`),
+    rebuilt one at a time, for a network trained with a fresh mask for every minibatch
+    (``flowkit.train.fit(..., masks="fresh")``); any number of keys, none of them stored.
 
     Arguments:
         made: the network; ``made.params`` must equal ``head.params`` and
@@ -53,7 +57,12 @@ class AutoregressiveDensity(nn.Module):
         return self.made.context_features
 
     def log_prob(
-        self, x: Tensor, context: Tensor | None = None, *, ensemble: int | None = None
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        ensemble: int | None = None,
+        keys: int | Sequence[int] | None = None,
     ) -> Tensor:
         r"""Exact log-likelihood in nats, one value per example.
 
@@ -63,21 +72,43 @@ class AutoregressiveDensity(nn.Module):
             ensemble: score with the first ``ensemble`` mask sets as a uniform mixture,
                 :math:`\log \frac{1}{R} \sum_r p_r(x)` (``logsumexp - log R``); the current mask
                 set alone when ``None``.
+            keys: score with the mask keys ``0..keys-1`` (an ``int``) or the given keys (a
+                sequence) as a uniform mixture, each rebuilt in turn into the current mask set
+                (:meth:`flowkit.MADE.draw_masks`), which is restored afterwards. The terms are
+                accumulated one key at a time (``logaddexp``), without gradients, so memory does
+                not grow with the number of keys. Not with ``ensemble``.
 
         Returns:
             ``(*batch,)``, broadcast over the batch shapes of ``x`` and ``context``.
         """
+        if keys is not None and ensemble is not None:
+            raise ValueError("expected ensemble (stored mask sets) or keys (mask keys), got both")
+        keys = None if keys is None else _check_keys(keys)
         x = self._check_x(x)
-        h = self.head.encode(x)
-        if ensemble is None:
-            return self._log_prob(h, x, context, self.made._index)
-        R = self._check_ensemble(ensemble)
-        terms = torch.stack([self._log_prob(h, x, context, r) for r in range(R)])
-        return torch.logsumexp(terms, dim=0) - math.log(R)
+        check_context(context, self.context_features, x.shape[:-1])
+        with checked():  # x and the context are read once, here, not again inside the network
+            h = self.head.encode(x)
+            if keys is not None:
+                return self._log_prob_keys(h, x, context, keys)
+            if ensemble is None:
+                return self._log_prob(h, x, context, self.made._index)
+            R = self._check_ensemble(ensemble)
+            terms = torch.stack([self._log_prob(h, x, context, r) for r in range(R)])
+            return torch.logsumexp(terms, dim=0) - math.log(R)
 
     def _log_prob(self, h: Tensor, x: Tensor, context: Tensor | None, mask: int) -> Tensor:
         params = self.made(h, context, mask=mask)
         return self.head.log_prob(params, x.expand(*params.shape[:-1])).sum(-1)
+
+    @torch.no_grad()
+    def _log_prob_keys(self, h: Tensor, x: Tensor, context: Tensor | None, keys: list[int]) -> Tensor:
+        total = None
+        with self.made.restoring_masks():
+            for key in keys:
+                self.made.draw_masks(key)
+                term = self._log_prob(h, x, context, self.made._index)
+                total = term if total is None else torch.logaddexp(total, term, out=total)
+        return total - math.log(len(keys))
 
     @torch.no_grad()
     def sample(
@@ -235,6 +266,32 @@ class AutoregressiveDensity(nn.Module):
     def _zeros(self, shape: torch.Size) -> Tensor:
         dtype = torch.long if isinstance(self.head, Categorical) else self._dtype
         return torch.zeros(*shape, self.features, dtype=dtype, device=self.made.layers[0].weight.device)
+
+
+def _check_keys(keys: int | Sequence[int]) -> list[int]:
+    """The list of mask keys that ``keys`` (a count ``R``: keys ``0..R-1``, or a sequence) names."""
+    count = _as_index(keys)
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"expected keys to be a number of keys >= 1 or a sequence of keys, got {count}")
+        return list(range(count))
+    if isinstance(keys, Tensor):
+        keys = keys.tolist()
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence) or len(keys) == 0:
+        raise ValueError(f"expected keys to be a number of keys >= 1 or a non-empty sequence of keys, got {keys!r}")
+    named = [_as_index(key) for key in keys]
+    if any(key is None or key < 0 for key in named):
+        raise ValueError(f"expected every mask key to be an int >= 0, got {list(keys)!r}")
+    return named
+
+
+def _as_index(value: Any) -> int | None:
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() > 0):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 class BernoulliMADE(AutoregressiveDensity):

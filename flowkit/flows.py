@@ -23,7 +23,7 @@ from flowkit.transforms import (
 )
 from flowkit.transforms.autoregressive import Affine
 from flowkit.transforms.base import check_features
-from flowkit.validation import check_context
+from flowkit.validation import check_context, check_finite, checked
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
@@ -177,9 +177,11 @@ class Flow(nn.Module):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density in nats, one value per example."""
         check_features("x", x, self.features)
+        check_finite("x", x)
         check_context(context, self.context_features, x.shape[:-1])
-        z, logabsdet = self.transform(x, context)
-        return self.base.log_prob(z, self._base_context(context)) + logabsdet
+        with checked():  # x and the context are read once, here, not again in every layer
+            z, logabsdet = self.transform(x, context)
+            return self.base.log_prob(z, self._base_context(context)) + logabsdet
 
     def _base_context(self, context: Tensor | None) -> Tensor | None:
         # A conditional flow may have an unconditional base (a standard normal, a plain MADE MoG).

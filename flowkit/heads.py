@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowkit.validation import check_finite, validation_enabled
+from flowkit.validation import check_finite, raise_not_finite, require, validation_enabled
 
 __all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
 
@@ -77,12 +77,15 @@ class Bernoulli(Head):
     def validate(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
             return x.float()
-        if validation_enabled():
-            check_finite("x", x)
-            if not bool(((x == 0) | (x == 1)).all()):
-                bad = x[(x != 0) & (x != 1)].flatten()[:3].tolist()
-                raise ValueError(f"expected binary values 0 or 1 for a Bernoulli model, got {bad}")
+        if validation_enabled():  # one pass: NaN and infinities fail it too
+            require(((x == 0) | (x == 1)).all(), lambda: self._raise_outside(x), "expected binary values 0 or 1")
         return x if x.dtype.is_floating_point else x.float()
+
+    def _raise_outside(self, x: Tensor) -> None:
+        if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
+            raise_not_finite("x", x)
+        bad = x[(x != 0) & (x != 1)].flatten()[:3].tolist()
+        raise ValueError(f"expected binary values 0 or 1 for a Bernoulli model, got {bad}")
 
     def encode(self, x: Tensor) -> Tensor:
         return x
@@ -127,18 +130,22 @@ class Categorical(Head):
     def validate(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
             raise TypeError("expected integer category indices for a categorical model, got dtype torch.bool")
+        if validation_enabled():
+            inside = (x >= 0) & (x < self.categories)  # one pass and one read: NaN is not inside
+            if x.dtype.is_floating_point:
+                inside &= x == x.round()
+            require(inside.all(), lambda: self._raise_outside(x), f"expected categories in 0..{self.categories - 1}")
+        return x.long()
+
+    def _raise_outside(self, x: Tensor) -> None:
         if x.dtype.is_floating_point:
-            check_finite("x", x)
-            if validation_enabled() and not bool((x == x.round()).all()):
+            if not bool(torch.isfinite(x).all()):
+                raise_not_finite("x", x)
+            if not bool((x == x.round()).all()):
                 bad = x[x != x.round()].flatten()[:3].tolist()
                 raise ValueError(f"expected integer category indices, got non-integer values {bad}")
-        x = x.long()
-        if validation_enabled() and not bool(((x >= 0) & (x < self.categories)).all()):
-            bad = x[(x < 0) | (x >= self.categories)].flatten()[:3].tolist()
-            raise ValueError(
-                f"expected categories in 0..{self.categories - 1}, got values {bad}"
-            )
-        return x
+        bad = x[(x < 0) | (x >= self.categories)].flatten()[:3].tolist()
+        raise ValueError(f"expected categories in 0..{self.categories - 1}, got values {bad}")
 
     def encode(self, x: Tensor) -> Tensor:
         return F.one_hot(x.long(), self.categories).flatten(-2).float()

@@ -2,11 +2,11 @@ r"""The masked autoregressive network (MADE) that every flowkit model is built o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,7 @@ class MaskedLinear(nn.Linear):
         super().__init__(masks.shape[2], masks.shape[1], bias=bias)
         self.register_buffer("masks", masks.bool())
         self._cache: tuple | None = None
+        self._float_mask: tuple | None = None
         self.reset_parameters_masked(generator, gain)
 
     def reset_parameters_masked(self, generator: torch.Generator | None = None, gain: float = 1.0) -> None:
@@ -61,23 +62,42 @@ class MaskedLinear(nn.Linear):
             if self.bias is not None:
                 self.bias.uniform_(-1.0, 1.0, generator=generator).mul_(bound.squeeze(1))
 
+    def mask(self, index: int = 0) -> Tensor:
+        """Mask set ``index`` as a tensor of the weight's dtype, ``(out_features, in_features)``.
+
+        Kept between calls (a boolean mask would be converted in every product, forward and
+        backward) while the masks, the weight's dtype and device and inference mode stay the same.
+        """
+        masks = self.masks
+        if torch.compiler.is_compiling():
+            return masks[index].to(self.weight.dtype)
+        key = (index, masks._version, self.weight.dtype, masks.device, torch.is_inference_mode_enabled())
+        cached = getattr(self, "_float_mask", None)
+        if cached is None or cached[0] != key or cached[1] is not masks:
+            cached = self._float_mask = (key, masks, masks[index].to(self.weight.dtype))
+        return cached[2]
+
     def masked_weight(self, index: int = 0) -> Tensor:
         """The weight under mask set ``index``, shape ``(out_features, in_features)``."""
         if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
             self._cache = None
-            return self.weight * self.masks[index]
+            return self.weight * self.mask(index)
         key = (index, self.weight._version, self.masks._version, self.weight.dtype, self.weight.device,
                torch.is_inference_mode_enabled())
         cached = self._cache
-        if cached is None or cached[0] != key or cached[1]() is not self.weight or cached[2]() is not self.masks:
-            product = self.weight * self.masks[index]
-            self._cache = (key, weakref.ref(self.weight), weakref.ref(self.masks), product)
+        if cached is None or cached[0] != key or cached[1] is not self.weight or cached[2] is not self.masks:
+            product = self.weight * self.mask(index)
+            self._cache = (key, self.weight, self.masks, product)
             return product
         return cached[3]
 
     def train(self, mode: bool = True) -> MaskedLinear:
         self._cache = None
         return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        # what is kept between calls is derived: it is not pickled (torch.save, deepcopy)
+        return {**super().__getstate__(), "_cache": None, "_float_mask": None}
 
     def forward(self, x: Tensor, index: int = 0) -> Tensor:
         return nn.functional.linear(x, self.masked_weight(index), self.bias)
@@ -99,6 +119,13 @@ class MADE(nn.Module):
     and, with ``order_agnostic=True``, its own random ordering (connectivity- and order-agnostic
     training): :meth:`next_mask` cycles through them, and every mask set is a different
     autoregressive model sharing the same weights.
+
+    **Mask keys** (the paper's connectivity-agnostic training with a new mask for every
+    minibatch). :meth:`draw_masks` ``(k)`` rebuilds the current mask set from the integer key
+    :math:`k`, deterministically from the pair ``(mask_seed, k)``, so that any of an unbounded
+    number of masks can be rebuilt, for a test-time ensemble, without being stored.
+    ``flowkit.train.fit(..., masks="fresh")`` trains with key :math:`t` at step :math:`t`, and
+    ``AutoregressiveDensity.log_prob(x, keys=R)`` scores the ensemble of keys ``0..R-1``.
 
     **Residual blocks** (ResMADE: Nash & Durkan, *Autoregressive Energy Machines*, 2019; the
     conditioner of Durkan et al., *Neural Spline Flows*, 2019). With ``residual_blocks = K > 0``
@@ -142,8 +169,8 @@ class MADE(nn.Module):
             0 for the plain MADE.
         dropout: the probability :math:`p \in [0, 1)` of dropping a hidden activation in training.
         activation: a factory of the elementwise nonlinearity, such as ``nn.ReLU`` or ``nn.Tanh``.
-        seed: the seed of the orderings, degrees and initial weights; ``None`` draws it from
-            torch's global generator.
+        seed: the seed of the orderings, degrees and initial weights, kept as ``mask_seed``
+            (the seed of the mask keys too); ``None`` draws it from torch's global generator.
         strict: raise instead of warning when the masks lose allowed dependencies.
 
     Shapes:
@@ -156,6 +183,8 @@ class MADE(nn.Module):
         blocks: the residual blocks, each a pair ``(W_1, W_2)`` of :class:`MaskedLinear` of
             shape ``(H, H)``; empty when ``residual_blocks = 0``.
         direct: the direct connection, a :class:`MaskedLinear`, or ``None``.
+        mask_seed: a long scalar buffer, the seed the masks of every key derive from (see
+            :meth:`draw_masks`); in the ``state_dict()``, so a loaded network rebuilds the same keys.
 
     Example:
         >>> made = MADE(5, [32, 32], params=2, seed=0)
@@ -215,6 +244,8 @@ class MADE(nn.Module):
         self.hidden_features = tuple(hidden)
         self.residual_blocks = residual_blocks
         self.dropout = float(dropout)
+        self.order_agnostic = bool(order_agnostic)
+        self.degree_rule = hidden_degrees
 
         if num_masks > 1 and hidden_degrees == "even" and not order_agnostic:
             warnings.warn(
@@ -222,8 +253,9 @@ class MADE(nn.Module):
                 "use hidden_degrees='random' or order_agnostic=True",
                 UserWarning, stacklevel=_caller_stacklevel(),
             )
+        mask_seed = int(torch.randint(2**62, ())) if seed is None else seed
         generator = torch.Generator()
-        generator.manual_seed(int(torch.randint(2**62, ())) if seed is None else seed)
+        generator.manual_seed(mask_seed)
         first = M.ordering(features, order, generator)
         orders, mask_sets, directs = [], [], []
         for r in range(num_masks):
@@ -239,6 +271,7 @@ class MADE(nn.Module):
 
         self.register_buffer("orders", torch.stack(orders))
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mask_seed", torch.tensor(mask_seed, dtype=torch.long))
         self._index = 0
         self.activation = activation()
 
@@ -253,6 +286,7 @@ class MADE(nn.Module):
         )
         self.layers.append(linear(chain - 1))
         self.direct = MaskedLinear(torch.stack(directs), bias=False, generator=generator) if direct else None
+        self.register_load_state_dict_pre_hook(_default_mask_seed)
         self.register_load_state_dict_post_hook(_sync_index)
         self._audit(mask_sets, directs if direct else None, strict)
 
@@ -290,6 +324,10 @@ class MADE(nn.Module):
         self.__dict__.pop("_engine_plan", None)
         return super().train(mode)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {key: value for key, value in state.items() if key != "_engine_plan"}  # derived, rebuilt on use
+
     @property
     def num_masks(self) -> int:
         """The number of mask sets :math:`R`."""
@@ -319,6 +357,82 @@ class MADE(nn.Module):
         """Moves to the next mask set, cycling, and returns its index."""
         self.use_mask((self._index + 1) % self.num_masks)
         return self._index
+
+    def draw_masks(self, key: int) -> None:
+        r"""Rebuilds the current mask set from the integer ``key``, in place.
+
+        The hidden degrees (by the network's ``hidden_degrees`` rule) and, when
+        ``order_agnostic=True``, a random ordering are drawn from
+        :func:`flowkit.masks.key_generator` ``(mask_seed, key)``, and the masks from them by
+        :func:`flowkit.masks.made_masks`, residual blocks, ``direct``, context and grouped columns
+        included; without ``order_agnostic`` the current ordering is kept. Key ``k`` gives the same
+        masks on every call, in every process, and in any network loaded from this one's
+        ``state_dict()`` (which holds ``mask_seed``). Keys are a stream of their own: key ``r`` is
+        not the stored mask set ``r``, which the constructor drew from ``seed`` alone.
+
+        The masks and ordering are written into the current set's buffers, so kept masked weights
+        and engine plans are rebuilt on their next use; the stored set they replace is lost unless
+        the call is made inside :meth:`restoring_masks`. The connectivity audit is not repeated.
+
+        Arguments:
+            key: the mask key, an integer ``>= 0``.
+
+        Example:
+            >>> made = MADE(4, 16, order_agnostic=True, seed=0)
+            >>> made.draw_masks(3)
+            >>> drawn = made.order.tolist()
+            >>> made.draw_masks(5); made.draw_masks(3)
+            >>> made.order.tolist() == drawn
+            True
+        """
+        order, masks, direct = self.key_masks(key)
+        index = self._index
+        self.orders[index].copy_(order)
+        for linear, mask in zip(self._chain(), masks):
+            linear.masks[index].copy_(mask)
+        if self.direct is not None:
+            self.direct.masks[index].copy_(direct)
+
+    def key_masks(self, key: int) -> tuple[Tensor, list[Tensor], Tensor]:
+        """The ordering, the masks of :attr:`layers` and blocks in the order the input meets
+        them, and the direct mask of ``key`` (see :meth:`draw_masks`), without installing them."""
+        generator = M.key_generator(int(self.mask_seed), key)
+        if self.order_agnostic:
+            order = M.ordering(self.features, "random", generator)
+        else:
+            order = self.orders[self._index].cpu()
+        masks, direct = M.made_masks(
+            order, self.hidden_features, params=self.params, columns_per_feature=self.columns_per_feature,
+            context_features=self.context_features, rule=self.degree_rule, generator=generator,
+            residual_blocks=self.residual_blocks,
+        )
+        return order, masks, direct
+
+    @contextlib.contextmanager
+    def restoring_masks(self) -> Iterator[MADE]:
+        """A context in which the current mask set may be redrawn (:meth:`draw_masks`); its
+        ordering and masks are put back on exit, errors included.
+
+        Example:
+            >>> made = MADE(4, 16, order_agnostic=True, seed=0)
+            >>> with made.restoring_masks():
+            ...     made.draw_masks(1)
+            >>> made.order.tolist()
+            [0, 1, 2, 3]
+        """
+        index = self._index
+        linears = [*self._chain(), *([self.direct] if self.direct is not None else [])]
+        saved = [self.orders[index].clone(), *(linear.masks[index].clone() for linear in linears)]
+        try:
+            yield self
+        finally:
+            self.orders[index].copy_(saved[0])
+            for linear, mask in zip(linears, saved[1:]):
+                linear.masks[index].copy_(mask)
+
+    def _chain(self) -> list[MaskedLinear]:
+        """The masked layers in the order the input meets them: hidden, blocks, output."""
+        return [*self.layers[:-1], *(linear for block in self.blocks for linear in block), self.layers[-1]]
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: int | None = None,
                 deterministic: bool = False) -> Tensor:
@@ -391,6 +505,11 @@ def _caller_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def _default_mask_seed(module: MADE, state_dict: dict, prefix: str, *args) -> None:
+    # state dicts written before the mask seed was stored keep the receiving network's
+    state_dict.setdefault(prefix + "mask_seed", module.mask_seed.clone())
 
 
 def _sync_index(module: MADE, incompatible) -> None:

@@ -22,7 +22,8 @@ __all__ = ["History", "fit", "evaluate"]
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw")
 # settings added after checkpoints were first written, with the value older checkpoints were trained with
-LATER_SETTINGS = {"optimizer": "adam"}
+LATER_SETTINGS = {"optimizer": "adam", "masks": "cycle"}
+MASK_MODES = ("cycle", "fresh")
 LOG_FIELDS = ("epoch", "train_nll", "valid_nll", "lr", "seconds")
 
 
@@ -66,6 +67,7 @@ def fit(
     optimizer: Literal["adam", "adamw"] = "adam",
     patience: int = 20,
     ensemble: int | None = None,
+    masks: Literal["cycle", "fresh"] = "cycle",
     seed: int = 0,
     progress: bool = False,
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant",
@@ -79,9 +81,14 @@ def fit(
     r"""Fits a density by Adam or AdamW on the mean negative log-likelihood, with early stopping.
 
     A MADE with several mask sets moves to the next one after every minibatch
-    (connectivity-agnostic training). After each epoch the validation NLL is measured (with the
-    ensemble of the first ``ensemble`` mask sets, if given); training stops after ``patience``
-    epochs without improvement and the best model is restored.
+    (connectivity-agnostic training, ``masks="cycle"``). With ``masks="fresh"`` the MADE instead
+    rebuilds its current mask set from mask key :math:`t` before minibatch :math:`t` (counted over
+    the whole run, from 0): a new mask for every minibatch, as in the MADE paper, none stored
+    (:meth:`flowkit.MADE.draw_masks`). After each epoch the validation NLL is measured (with the
+    ensemble of the first ``ensemble`` mask sets, if given; with fresh masks, with the ensemble of
+    mask keys ``0..ensemble-1``, key 0 alone when ``ensemble`` is ``None``); training stops after
+    ``patience`` epochs without improvement and the best model is restored. After a fresh-mask
+    run the current mask set holds key 0.
 
     The minibatch order comes only from a generator seeded with ``seed``. With ``checkpoint``
     the whole training state is written after every epoch (atomically: a temporary file in the
@@ -100,7 +107,10 @@ def fit(
             :math:`\text{lr} \cdot \lambda \cdot w`, whatever its gradient.
         optimizer: ``"adam"`` or ``"adamw"``.
         patience: epochs without a better validation NLL before stopping.
-        ensemble: the mask sets used to score the validation data.
+        ensemble: the mask sets (with fresh masks: the mask keys ``0..ensemble-1``) that score
+            the validation data.
+        masks: ``"cycle"`` through the stored mask sets or draw a ``"fresh"`` mask for every
+            minibatch (needs a density with a MADE, ``model.made``).
         seed: the seed of the minibatch shuffling.
         progress: show a tqdm bar.
         lr_schedule: ``"constant"``; ``"cosine"`` (annealed to zero over ``epochs``);
@@ -138,20 +148,26 @@ def fit(
         raise ValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path, got checkpoint=None")
+    if masks not in MASK_MODES:
+        raise ValueError(f"expected masks in {MASK_MODES}, got {masks!r}")
+    made = getattr(model, "made", None)
+    fresh = masks == "fresh"
+    if fresh and not hasattr(made, "draw_masks"):
+        raise ValueError(f"masks='fresh' needs a density with a MADE (model.made), got {type(model).__name__}")
     log_format = None if log is None else _log_format(log)
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)
     settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                    patience=patience, ensemble=ensemble, seed=seed, lr_schedule=lr_schedule, clip=clip,
-                    train_size=len(train))
+                    patience=patience, ensemble=ensemble, masks=masks, seed=seed, lr_schedule=lr_schedule,
+                    clip=clip, train_size=len(train))
     optimizer = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
         model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = _scheduler(optimizer, lr_schedule, epochs, patience)
     generator = torch.Generator().manual_seed(seed)
-    made = getattr(model, "made", None)
+    scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
-    start, stopped = 0, False
+    start, stopped, step = 0, False, 0
     if resume and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         _check_settings(state["settings"], settings, checkpoint)
@@ -165,6 +181,7 @@ def fit(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history = History.from_dict(state["history"])
         best_state, start, stopped = state["best_state"], state["epoch"], state["stopped"]
+        step = state.get("step", start * math.ceil(len(train) / batch_size))  # the minibatches run
         history.stopped_early = stopped  # checkpoints written before History had the field
 
     began_fit = time.perf_counter()
@@ -179,6 +196,9 @@ def fit(
         history.lr.append(optimizer.param_groups[0]["lr"])
         total = 0.0
         for rows in torch.randperm(len(train), generator=generator).split(batch_size):
+            if fresh:
+                made.draw_masks(step)
+            step += 1
             loss = -model.log_prob(train[rows].to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,12 +206,12 @@ def fit(
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             total += float(loss.detach()) * len(rows)
-            if made is not None and made.num_masks > 1:
+            if not fresh and made is not None and made.num_masks > 1:
                 made.next_mask()
         history.train_nll.append(total / len(train))
         score = None
         if valid is not None:
-            score, _ = evaluate(model, valid, ensemble=ensemble, batch_size=max(batch_size, 1000))
+            score, _ = evaluate(model, valid, batch_size=max(batch_size, 1000), **scoring)
             history.valid_nll.append(score)
             if score < history.best_valid_nll:
                 history.best_valid_nll, history.best_epoch = score, epoch
@@ -208,7 +228,7 @@ def fit(
             _append_row(log, log_format, row)
         if checkpoint is not None:
             _save_atomic({
-                "settings": settings, "epoch": epoch + 1, "stopped": stopped,
+                "settings": settings, "epoch": epoch + 1, "stopped": stopped, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": torch.get_rng_state(),
@@ -222,18 +242,22 @@ def fit(
             break
     if valid is not None:
         model.load_state_dict(best_state)
+    if fresh:
+        made.draw_masks(0)
     model.eval()
     return history
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Tensor, *, ensemble: int | None = None, batch_size: int = 1000
+    model: nn.Module, data: Tensor, *, ensemble: int | None = None, keys: int | None = None,
+    batch_size: int = 1000,
 ) -> tuple[float, float]:
     """Mean negative log-likelihood of ``data`` in nats and its standard error.
 
-    ``data`` is moved to the model's device chunk by chunk; ``ensemble`` is passed on only when
-    given, so densities without mask sets (a :class:`flowkit.Flow`) are scored too.
+    ``data`` is moved to the model's device chunk by chunk; ``ensemble`` (the first mask sets)
+    and ``keys`` (the mask keys ``0..keys-1``, see :meth:`flowkit.MADE.draw_masks`) are passed
+    on only when given, so densities without mask sets (a :class:`flowkit.Flow`) are scored too.
 
     Example:
         >>> model = flowkit.BernoulliMADE(3, [8], seed=0)
@@ -244,7 +268,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    options = {} if ensemble is None else {"ensemble": ensemble}
+    options = {name: value for name, value in (("ensemble", ensemble), ("keys", keys)) if value is not None}
     nll = torch.cat([-model.log_prob(chunk.to(device), **options).cpu() for chunk in data.split(batch_size)])
     model.train(was_training)
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan

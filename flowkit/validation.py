@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["validate", "set_validation", "validation_enabled", "check_shape", "sample_shape"]
+__all__ = ["validate", "set_validation", "validation_enabled", "checked", "check_shape", "check_finite",
+           "check_context", "sample_shape"]
 
 _ENABLED = True
+_CHECKED = 0  # depth of checked() scopes: values inside were checked where they came in
 
 
 def set_validation(enabled: bool) -> None:
@@ -46,6 +48,31 @@ def validate(enabled: bool) -> Iterator[None]:
         set_validation(previous)
 
 
+@contextlib.contextmanager
+def checked() -> Iterator[None]:
+    """A scope whose inputs were already checked where they entered the package.
+
+    An entry point (a density's or a flow's ``log_prob``) checks its ``x`` and ``context`` for
+    NaN and infinities once, then runs its layers inside this scope, where :func:`check_finite`
+    does not read the data again: one pass over the input per call instead of one per layer.
+    Shape and context checks still run.
+
+    Example:
+        >>> with checked():
+        ...     check_finite("x", torch.tensor([float("nan")]))  # not read again
+        >>> check_finite("x", torch.tensor([float("nan")]))
+        Traceback (most recent call last):
+        ...
+        ValueError: x contains NaN values
+    """
+    global _CHECKED
+    _CHECKED += 1
+    try:
+        yield
+    finally:
+        _CHECKED -= 1
+
+
 def check_shape(name: str, x: Tensor, features: int) -> None:
     """Raises when ``x`` is not a tensor of shape ``(*, features)``."""
     if not isinstance(x, Tensor):
@@ -68,10 +95,29 @@ def sample_shape(shape: int | Sequence[int]) -> torch.Size:
 
 
 def check_finite(name: str, x: Tensor) -> None:
-    """Raises ``ValueError`` when a floating tensor holds NaN or infinite values."""
-    if _ENABLED and x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        bad = "NaN" if bool(torch.isnan(x).any()) else "infinite"
-        raise ValueError(f"{name} contains {bad} values")
+    """Raises ``ValueError`` when a floating tensor holds NaN or infinite values (unless value
+    checks are off, or inside :func:`checked`)."""
+    if _ENABLED and not _CHECKED and x.dtype.is_floating_point:
+        require(torch.isfinite(x).all(), lambda: raise_not_finite(name, x), f"{name} contains NaN or infinite values")
+
+
+def require(ok: Tensor, fail: Callable[[], None], message: str) -> None:
+    """Calls ``fail`` (which raises a named error) when the boolean tensor ``ok`` is false.
+
+    Reading ``ok`` on the host is the one synchronisation of a check. Under ``torch.compile`` the
+    check becomes an asynchronous assertion with ``message`` inside the graph, so that checks do
+    not break the graph.
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        fail()
+
+
+def raise_not_finite(name: str, x: Tensor) -> None:
+    """Raises the error of :func:`check_finite` for ``x``, known to hold a NaN or an infinity."""
+    bad = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+    raise ValueError(f"{name} contains {bad} values")
 
 
 def check_context(

@@ -180,6 +180,19 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
         "run directory not found": ["eval", "--run", str(tmp_path / "no-run")],
         "invalid choice": ["fit", "--model", "gauss"],
         "--weight-decay must be at least 0": ["fit", "--weight-decay", "-0.1", "--out", str(tmp_path / "e")],
+        "--residual-blocks needs one --hidden width, got 64 64": [
+            "fit", "--residual-blocks", "2", "--hidden", "64", "64", "--out", str(tmp_path / "f")],
+        "--residual-blocks must be at least 0": ["fit", "--residual-blocks", "-1", "--out", str(tmp_path / "g")],
+        "--dropout must be in [0, 1), got 1.5": ["fit", "--dropout", "1.5", "--out", str(tmp_path / "h")],
+        "--linear applies to maf, iaf and spline, not bernoulli": [
+            "fit", "--linear", "lu", "--model", "bernoulli", "--out", str(tmp_path / "i")],
+        "--bound applies to spline, not maf": [
+            "fit", "--data", "two_moons", "--model", "maf", "--bound", "4", "--out", str(tmp_path / "j")],
+        "--bound must be positive and finite": [
+            "fit", "--data", "two_moons", "--model", "spline", "--bound", "0", "--out", str(tmp_path / "k")],
+        "--fresh-masks apply to bernoulli, categorical and made-mog, not iaf": [
+            "fit", "--data", "two_moons", "--model", "iaf", "--fresh-masks", "--out", str(tmp_path / "l")],
+        "--ensemble needs mask sets": ["eval", "--run", str(maf_run), "--ensemble", "2"],
     }
     for expected, argv in cases.items():
         with pytest.raises(SystemExit) if expected == "invalid choice" else contextlib.nullcontext() as done:
@@ -192,7 +205,8 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
 def test_every_subcommand_explains_its_options(capsys):
     for command, options in {
         "fit": ["--data", "--model", "--layers", "--components", "--bins", "--lr-schedule", "--clip", "--device",
-                "--resume", "--progress", "--patience"],
+                "--resume", "--progress", "--patience", "--fresh-masks", "--residual-blocks", "--dropout",
+                "--linear", "--bound"],
         "eval": ["--run", "--ensemble", "--split"],
         "sample": ["--run", "-n", "--out"],
         "complete": ["--run", "-n", "--samples"],
@@ -208,3 +222,85 @@ def test_data_list_names_every_data_set(capsys):
     printed = capsys.readouterr().out
     for name in ["digits", "binarized-mnist", "mnist", "power", *flowkit.data.TOY]:
         assert name in printed
+
+
+def test_fresh_masks_train_and_score_an_ensemble_of_mask_keys(tmp_path, capsys):
+    run = tmp_path / "fresh"
+    assert main(fit_args(run, "--epochs", "1", "--hidden", "32", "--masks", "3", "--fresh-masks",
+                         "--order-agnostic", "--direct")) == 0
+    printed = capsys.readouterr().out
+    assert "(mask key 0)" in printed and "ensemble of 3 mask keys" in printed
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert config["fresh_masks"] is True and metrics["fresh_masks"] is True
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["masks"] == "fresh"
+
+    saved = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    model = flowkit.BernoulliMADE(64, [32], order_agnostic=True, direct=True, seed=5).eval()  # one mask set
+    model.load_state_dict(saved)
+    test = flowkit.data.digits("binary").test
+    with torch.no_grad():
+        assert abs(-model.log_prob(test, keys=3).mean().item() - metrics["test_nll_ensemble"]) < 1e-4
+        assert abs(-model.log_prob(test).mean().item() - metrics["test_nll"]) < 1e-4
+        many = -model.log_prob(test, keys=10).mean().item()
+
+    assert main(["eval", "--run", str(run), "--ensemble", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "ensemble of 3 mask keys" in printed
+    assert abs(float(re.search(r"test NLL (\S+) ± ", printed).group(1)) - metrics["test_nll_ensemble"]) < 1e-3
+    assert main(["eval", "--run", str(run), "--ensemble", "10"]) == 0  # keys are not limited to --masks
+    assert abs(float(re.search(r"test NLL (\S+) ± ", capsys.readouterr().out).group(1)) - many) < 1e-3
+    assert main([*fit_args(run, "--epochs", "2", "--hidden", "32", "--masks", "3", "--order-agnostic", "--direct"),
+                 "--resume"]) == 2
+    assert "fresh_masks True -> False" in one_error_line(capsys)
+
+
+def test_residual_blocks_dropout_lu_and_bound_are_recorded_and_rebuilt(tmp_path, capsys):
+    run = tmp_path / "spline"
+    base = fit_args(run, "--data", "two_moons", "--model", "spline", "--hidden", "16", "--layers", "2", "--bins", "4",
+                    "--residual-blocks", "1", "--dropout", "0.1", "--linear", "lu", "--bound", "4")
+    assert main([*base, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["residual_blocks"], config["dropout"], config["linear"], config["bound"]) == (1, 0.1, "lu", 4.0)
+    model, _ = flowkit.cli.load_run(str(run))
+    kinds = [type(t).__name__ for t in model.transform.transforms]
+    assert kinds == ["MaskedAutoregressive", "ReversePermutation", "LULinear", "MaskedAutoregressive"]
+    layer = model.transform.transforms[0]
+    assert (len(layer.made.blocks), layer.made.dropout, layer.transformer.bound) == (1, 0.1, 4.0)
+    assert main(["eval", "--run", str(run)]) == 0
+    nll = float(re.search(r"test NLL (\S+) ± ", capsys.readouterr().out).group(1))
+    assert abs(nll - json.loads((run / "metrics.json").read_text())["test_nll"]) < 1e-3
+    for changed, message in [(["--bound", "5"], "bound 4.0 -> 5.0"), (["--dropout", "0"], "dropout 0.1 -> 0.0"),
+                             (["--residual-blocks", "2"], "residual_blocks 1 -> 2")]:
+        assert main([*base, "--epochs", "2", "--resume", *changed]) == 2
+        assert message in one_error_line(capsys)
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+
+    mog = tmp_path / "mog"  # a MADE density: residual blocks with the default single width
+    assert main(fit_args(mog, "--data", "rings", "--model", "made-mog", "--epochs", "1", "--components", "2",
+                         "--residual-blocks", "1", "--dropout", "0.2")) == 0
+    capsys.readouterr()
+    assert json.loads((mog / "config.json").read_text())["hidden"] == [128]
+    model, _ = flowkit.cli.load_run(str(mog))
+    assert (len(model.made.blocks), model.made.dropout) == (1, 0.2)
+
+
+def test_a_run_written_before_the_new_options_still_loads_and_resumes(tmp_path, capsys):
+    run = tmp_path / "old"
+    base = fit_args(run, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1")
+    assert main([*base, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    path = run / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("fresh_masks", "residual_blocks", "dropout", "linear", "bound"):
+        del config[key]
+    path.write_text(json.dumps(config))
+    saved = torch.load(run / "model.pt", weights_only=True)
+    saved["state_dict"] = {k: v for k, v in saved["state_dict"].items() if not k.endswith("mask_seed")}
+    torch.save(saved, run / "model.pt")  # nor did its MADEs store their mask seed
+    assert main(["eval", "--run", str(run)]) == 0 and "test NLL" in capsys.readouterr().out
+    assert main(["sample", "--run", str(run), "-n", "3"]) == 0
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    assert main([*base, "--epochs", "3", "--resume", "--linear", "lu"]) == 2
+    assert "linear None -> 'lu'" in one_error_line(capsys)

@@ -616,3 +616,41 @@ class TestMaskedLinear:
         assert layer.weight[0].abs().max() <= 0.5
         assert layer.weight[0].abs().max() > 0.05
         assert layer.weight[1].abs().max() <= 0.05
+
+
+class TestKeptTensors:
+    """What MaskedLinear and MADE keep between calls is derived: it follows every change of what
+    it is derived from, and is not part of a pickled (``torch.save``-d, deep-copied) module."""
+
+    def test_the_float_mask_follows_in_place_edits_dtype_and_a_replaced_buffer(self):
+        layer = MaskedLinear(torch.ones(3, 4, dtype=torch.bool))
+        x = torch.randn(2, 4)
+        layer(x).sum().backward()  # training path, keeps a float mask
+        with torch.no_grad():
+            layer.masks[0, :, 1] = False  # in place: the version counter moves
+        expected = x @ (layer.weight * layer.masks[0]).T + layer.bias
+        assert torch.allclose(layer(x), expected)
+        layer.masks = torch.zeros(1, 3, 4, dtype=torch.bool)  # replaced
+        assert torch.allclose(layer(x), layer.bias.expand(2, 3))
+        layer.double()
+        assert layer.mask().dtype == torch.float64 and layer(x.double()).dtype == torch.float64
+
+    @pytest.mark.parametrize("build", [
+        lambda: flowkit.BernoulliMADE(6, [16], num_masks=2, seed=0),
+        lambda: flowkit.MAF(3, 2, [16], batch_norm=True, seed=0),
+    ])
+    def test_a_whole_module_pickles_after_evaluation_and_sampling(self, build):
+        import copy
+        import io
+
+        model = build().eval()
+        x = model.sample(5, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            before = model.log_prob(x)  # the eval-mode caches and the engine plan are filled
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        for loaded in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+            with torch.no_grad():
+                assert torch.equal(loaded.log_prob(x), before)
+            assert torch.equal(loaded.sample(5, generator=torch.Generator().manual_seed(0)), x)

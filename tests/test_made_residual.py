@@ -254,7 +254,7 @@ def test_state_dict_round_trip():
 def test_plain_made_keeps_its_state_dict_keys():
     made = MADE(4, [8, 8], seed=0)
     assert len(made.blocks) == 0 and len(made.layers) == 3
-    assert set(made.state_dict()) == {"orders", "mask_index"} | {
+    assert set(made.state_dict()) == {"orders", "mask_index", "mask_seed"} | {
         f"layers.{i}.{name}" for i in range(3) for name in ("weight", "bias", "masks")}
 
 

@@ -85,11 +85,18 @@ def _maf():
     return flowkit.MAF(2, 2, [16], batch_norm=True, seed=0)
 
 
+def _fresh():
+    torch.manual_seed(0)  # dropout draws from torch's generator
+    return flowkit.BernoulliMADE(6, 16, order_agnostic=True, residual_blocks=1, dropout=0.1, seed=0)
+
+
 CASES = {  # model, train, valid, options
     "made-masks": (_made, _BINARY[:40], _BINARY[40:], dict(batch_size=16, lr=1e-2, ensemble=3)),
     "maf-batchnorm": (_maf, _GAUSS[:48], _GAUSS[48:], dict(batch_size=16, lr=1e-2)),
     "made-plateau-clip": (_made, _BINARY[:40], _BINARY[40:], dict(batch_size=16, lr=5e-2, patience=2,
                                                                   lr_schedule="plateau", clip=0.5)),
+    "made-fresh-masks": (_fresh, _BINARY[:40], _BINARY[40:], dict(batch_size=16, lr=1e-2, ensemble=3,
+                                                                 masks="fresh")),
 }
 
 
@@ -115,10 +122,12 @@ def test_a_run_stopped_and_resumed_on_a_fresh_model_equals_an_uninterrupted_run(
     _assert_same_model(again, straight)
 
 
-@pytest.mark.parametrize("build, train, valid", [(_made, _BINARY[:40], _BINARY[40:]),
-                                                 (_maf, _GAUSS[:48], _GAUSS[48:])])
-def test_a_crash_mid_epoch_resumes_exactly_under_a_cosine_schedule(build, train, valid, tmp_path, monkeypatch):
-    options = dict(epochs=6, batch_size=16, lr=1e-2, lr_schedule="cosine")
+@pytest.mark.parametrize("build, train, valid, masks", [(_made, _BINARY[:40], _BINARY[40:], "cycle"),
+                                                        (_fresh, _BINARY[:40], _BINARY[40:], "fresh"),
+                                                        (_maf, _GAUSS[:48], _GAUSS[48:], "cycle")])
+def test_a_crash_mid_epoch_resumes_exactly_under_a_cosine_schedule(build, train, valid, masks, tmp_path,
+                                                                   monkeypatch):
+    options = dict(epochs=6, batch_size=16, lr=1e-2, lr_schedule="cosine", masks=masks)
     straight = build()
     expected = fit(straight, train, valid, **options)
 
@@ -293,3 +302,66 @@ def test_a_run_cut_by_its_time_limit_resumes_to_the_uninterrupted_run(case, tmp_
     _assert_same_model(resumed, straight)
     with pytest.raises(ValueError, match="time_limit"):
         fit(build(), train, valid, epochs=1, time_limit=0)
+
+
+# Fresh masks: a new mask set, rebuilt from key t, before minibatch t.
+
+
+def test_fresh_masks_draw_key_t_before_minibatch_t_and_end_on_key_0(monkeypatch):
+    model = flowkit.BernoulliMADE(6, [32], order_agnostic=True, seed=0)
+    drawn, orders = [], []
+    real_draw, real_log_prob = flowkit.MADE.draw_masks, type(model).log_prob
+
+    def draw(made, key):
+        drawn.append(key)
+        real_draw(made, key)
+
+    def log_prob(self, x, *args, **kwargs):
+        if self.training:
+            orders.append(self.made.order.clone())
+        return real_log_prob(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(flowkit.MADE, "draw_masks", draw)
+    monkeypatch.setattr(type(model), "log_prob", log_prob)
+    fit(model, _BINARY, epochs=2, batch_size=16, masks="fresh")  # 4 minibatches an epoch
+    assert drawn == [*range(8), 0]
+    reference = flowkit.BernoulliMADE(6, [32], order_agnostic=True, seed=0).made
+    for key, order in enumerate(orders):  # every minibatch trained under the masks of its key
+        assert torch.equal(order, reference.key_masks(key)[0])
+    assert len({tuple(order.tolist()) for order in orders}) > 4
+    assert torch.equal(model.made.order, reference.key_masks(0)[0]) and model.made.num_masks == 1
+
+
+def test_fresh_masks_score_validation_with_the_ensemble_of_keys(monkeypatch):
+    model = flowkit.BernoulliMADE(6, [32], order_agnostic=True, seed=0)
+    history = fit(model, _BINARY[:40], _BINARY[40:], epochs=1, batch_size=16, masks="fresh", ensemble=4)
+    model.made.draw_masks(3)  # the scored ensemble does not depend on the current masks
+    with torch.no_grad():
+        expected = -model.log_prob(_BINARY[40:], keys=4).mean()
+        single = -model.log_prob(_BINARY[40:], keys=1).mean()
+    assert math.isclose(history.valid_nll[0], float(expected), rel_tol=1e-6)
+    assert not math.isclose(float(single), float(expected), rel_tol=1e-3)
+    assert math.isclose(evaluate(model, _BINARY[40:], keys=4)[0], float(expected), rel_tol=1e-6)
+
+
+def test_fresh_masks_train_differently_from_one_fixed_mask():
+    fixed, fresh = (flowkit.BernoulliMADE(6, [32], order_agnostic=True, seed=0) for _ in range(2))
+    fit(fixed, _BINARY, epochs=1, batch_size=16)
+    fit(fresh, _BINARY, epochs=1, batch_size=16, masks="fresh")
+    assert not torch.equal(fixed.made.layers[0].weight, fresh.made.layers[0].weight)
+
+
+def test_fresh_masks_need_a_made_and_a_known_mode_and_resume_only_in_their_mode(tmp_path):
+    with pytest.raises(ValueError, match="masks='fresh' needs a density with a MADE"):
+        fit(_maf(), _GAUSS, epochs=1, masks="fresh")
+    with pytest.raises(ValueError, match="expected masks in"):
+        fit(_made(), _BINARY, epochs=1, masks="random")
+    path = tmp_path / "run.pt"
+    fit(_fresh(), _BINARY, epochs=1, batch_size=16, masks="fresh", checkpoint=path)
+    assert torch.load(path, weights_only=True)["step"] == 4
+    with pytest.raises(ValueError, match="masks 'fresh' -> 'cycle'"):
+        fit(_fresh(), _BINARY, epochs=2, batch_size=16, checkpoint=path, resume=True)
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["masks"], state["step"]  # as written before the option existed
+    torch.save(state, path)
+    assert len(fit(_fresh(), _BINARY, epochs=2, batch_size=16, checkpoint=path, resume=True).train_nll) == 2

@@ -1,0 +1,84 @@
+"""Input checks: each entry point reads its input once, and the errors still name the problem."""
+
+import pytest
+import torch
+
+import flowkit
+from flowkit.validation import check_finite, checked
+
+
+@pytest.fixture
+def finite_reads(monkeypatch):
+    calls = []
+    isfinite = torch.isfinite
+
+    def counting(x):
+        calls.append(tuple(x.shape))
+        return isfinite(x)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    return calls
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_a_flow_reads_x_and_its_context_once_whatever_its_depth(finite_reads, context):
+    flow = flowkit.MAF(3, 4, [16], batch_norm=True, linear="lu", context_features=context, seed=0)
+    c = torch.randn(8, context) if context else None
+    flow.log_prob(torch.randn(8, 3), c)
+    assert finite_reads == [(8, 3)] + ([(8, context)] if context else [])
+
+
+def test_a_flow_still_refuses_nan_and_infinity_with_their_names():
+    flow = flowkit.MAF(2, 3, [8], seed=0)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        flow.log_prob(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="x contains infinite"):
+        flow.log_prob(torch.tensor([[float("inf"), 0.0]]))
+    conditional = flowkit.MAF(2, 2, [8], context_features=1, seed=0)
+    with pytest.raises(ValueError, match="context contains NaN"):
+        conditional.log_prob(torch.zeros(1, 2), torch.tensor([[float("nan")]]))
+
+
+def test_binary_and_categorical_inputs_are_checked_in_one_pass(finite_reads):
+    flowkit.BernoulliMADE(4, [8], seed=0).log_prob(torch.ones(5, 4))
+    flowkit.CategoricalMADE(4, 3, [8], seed=0).log_prob(torch.full((5, 4), 2.0))
+    assert finite_reads == []  # the support check excludes NaN and infinities by itself
+
+
+@pytest.mark.parametrize("value, message", [(float("nan"), "x contains NaN"), (float("inf"), "x contains infinite"),
+                                            (0.5, "binary values")])
+def test_a_bernoulli_made_names_what_is_wrong(value, message):
+    with pytest.raises(ValueError, match=message):
+        flowkit.BernoulliMADE(2, [8], seed=0).log_prob(torch.tensor([[1.0, value]]))
+
+
+@pytest.mark.parametrize("value, message", [(float("nan"), "x contains NaN"), (float("inf"), "x contains infinite"),
+                                            (1.5, "non-integer"), (3.0, "categories in 0..2"), (-1, "categories in 0..2")])
+def test_a_categorical_made_names_what_is_wrong(value, message):
+    with pytest.raises(ValueError, match=message):
+        flowkit.CategoricalMADE(2, 3, [8], seed=0).log_prob(torch.tensor([[1.0, value]]))
+
+
+def test_checked_scopes_nest_and_end_even_on_error():
+    nan = torch.tensor([float("nan")])
+    with pytest.raises(RuntimeError):
+        with checked():
+            with checked():
+                check_finite("x", nan)
+            check_finite("x", nan)
+            raise RuntimeError
+    with pytest.raises(ValueError, match="NaN"):
+        check_finite("x", nan)
+
+
+@pytest.mark.parametrize("build, data", [
+    (lambda: flowkit.MAF(3, 3, [16], batch_norm=True, seed=0), lambda: torch.randn(32, 3)),
+    (lambda: flowkit.BernoulliMADE(8, [16], seed=0), lambda: (torch.rand(32, 8) < 0.5).float()),
+    (lambda: flowkit.CategoricalMADE(4, 3, [16], seed=0), lambda: torch.randint(3, (32, 4))),
+])
+def test_a_training_loss_compiles_into_one_graph_with_its_checks(build, data):
+    model, x = build(), data()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda x: -model.log_prob(x).mean())(x)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
