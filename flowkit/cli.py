@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint.pt (same settings; --epochs may grow "
                      "unless the schedule is cosine)")
+    fit.add_argument("--compile", action="store_true",
+                     help="train through torch.compile of the minibatch loss: the first step compiles (about a "
+                     "minute), then small flows train about twice as fast on a CPU")
     fit.add_argument("--progress", action="store_true", help="show a progress bar")
 
     run_help = "a run directory written by flowkit fit"
@@ -332,7 +335,7 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
         **info,
         "training": {key: getattr(args, key) for key in
                      ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "lr_schedule", "clip",
-                      "device")},
+                      "device", "compile")},
     }
     checkpoint, log = out / "checkpoint.pt", out / "metrics.jsonl"
     if args.resume:
@@ -355,7 +358,7 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   optimizer=args.optimizer, weight_decay=args.weight_decay, patience=args.patience,
                   ensemble=ensemble, masks="fresh" if args.fresh_masks else "cycle", seed=args.seed,
-                  progress=args.progress,
+                  progress=args.progress, compile=args.compile,
                   lr_schedule=args.lr_schedule, clip=args.clip, device=args.device, log=log,
                   checkpoint=checkpoint, resume=args.resume)
     seconds = time.perf_counter() - start

@@ -77,6 +77,7 @@ def fit(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     time_limit: float | None = None,
+    compile: bool = False,
 ) -> History:
     r"""Fits a density by Adam or AdamW on the mean negative log-likelihood, with early stopping.
 
@@ -125,6 +126,10 @@ def fit(
         time_limit: seconds after which no new epoch starts (the one under way finishes and is
             checkpointed); a later call with ``resume=True`` continues exactly. A run is finished
             when ``history.stopped_early`` or it has had ``epochs`` epochs.
+        compile: train through ``torch.compile`` of the minibatch loss (forward and backward;
+            validation stays eager). The first step compiles (about a minute for a 5-layer MAF on
+            one CPU thread); then a step of a small, overhead-bound flow runs about twice as fast
+            on a CPU, while a large MADE, bound by its matrix products, gains nothing.
 
     Returns:
         The :class:`History` of the run (of the whole run when resumed).
@@ -184,6 +189,11 @@ def fit(
         step = state.get("step", start * math.ceil(len(train) / batch_size))  # the minibatches run
         history.stopped_early = stopped  # checkpoints written before History had the field
 
+    def minibatch_loss(x: Tensor) -> Tensor:
+        return -model.log_prob(x).mean()
+
+    if compile:
+        minibatch_loss = torch.compile(minibatch_loss)
     began_fit = time.perf_counter()
     epoch_range = range(start, start if stopped else epochs)
     if progress:
@@ -199,7 +209,7 @@ def fit(
             if fresh:
                 made.draw_masks(step)
             step += 1
-            loss = -model.log_prob(train[rows].to(device)).mean()
+            loss = minibatch_loss(train[rows].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
