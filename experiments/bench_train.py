@@ -51,6 +51,7 @@ warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
 FLOWKIT = "flowkit"
 UNCHECKED = "flowkit, validation off"
+COMPILED = "flowkit, torch.compile"
 
 
 class PlainMADE(nn.Module):
@@ -96,6 +97,12 @@ def unchecked(log_prob: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor
     return run
 
 
+def compiled(log_prob: Callable[[Tensor], Tensor], module: nn.Module):
+    """``log_prob`` through ``torch.compile`` (compiled at the warm-up call, outside the timing);
+    only with ``--compile``: compiling takes a minute or more per model on a CPU."""
+    return torch.compile(log_prob), module
+
+
 # Each builder returns (log_prob, module), or None where the peer is not installed; it is called
 # twice, for a model that trains and for one that only evaluates (in eval mode).
 
@@ -128,6 +135,8 @@ def bernoulli_models(D: int, hidden: list[int]) -> dict[str, tuple[str, Callable
     return {
         FLOWKIT: ("flowkit.BernoulliMADE", lambda: flowkit_made(True)),
         UNCHECKED: ("flowkit.BernoulliMADE under flowkit.validation.validate(False)", lambda: flowkit_made(False)),
+        **({COMPILED: ("torch.compile(flowkit.BernoulliMADE.log_prob), checks on",
+                       lambda: compiled(*flowkit_made(True)))} if COMPILE else {}),
         "plain masked MLP": ("PlainMADE in this script (nn.Linear weight * mask buffer, BCE with logits)", plain),
         "nflows": ("nflows.transforms.made.MADE + BCE with logits", nflows_made),
         "pyro": ("pyro.nn.AutoRegressiveNN(param_dims=[1]) + BCE with logits", pyro_made),
@@ -207,6 +216,8 @@ def maf_models(D: int, layers: int, hidden: list[int], transformer: str, bins: i
         FLOWKIT: (f"flowkit.MAF(transformer={transformer!r})", lambda: flowkit_maf(True)),
         UNCHECKED: (f"flowkit.MAF(transformer={transformer!r}) under flowkit.validation.validate(False)",
                     lambda: flowkit_maf(False)),
+        **({COMPILED: (f"torch.compile(flowkit.MAF(transformer={transformer!r}).log_prob), checks on",
+                       lambda: compiled(*flowkit_maf(True)))} if COMPILE else {}),
         "nflows": ("nflows Flow of " + ("MaskedPiecewiseRationalQuadraticAutoregressiveTransform" if spline
                                         else "MaskedAffineAutoregressiveTransform")
                    + " + ReversePermutation, StandardNormal", nflows_maf),
@@ -239,6 +250,7 @@ def evaluator(log_prob: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], N
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time of this process
+COMPILE = False  # --compile: also time flowkit through torch.compile
 
 
 def interleaved(tasks: dict[str, Callable[[], None]], repeats: int, block: float) -> dict[str, dict]:
@@ -303,6 +315,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or the CPU time of this process (with --threads 1, what a step costs "
                         "whatever else the machine runs: waiting for a core is not counted)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time flowkit's log_prob through torch.compile (minutes of compiling)")
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--block", type=float, default=0.12, help="seconds per timed block (approximately)")
     parser.add_argument("--quick", action="store_true", help="toy sizes and 2 repeats: a smoke test")
@@ -311,8 +325,9 @@ def main() -> None:
     if args.quick:
         args.repeats, args.block = 2, 0.0
     torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, COMPILE
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    COMPILE = args.compile
     torch.manual_seed(0)
     small = args.quick
     D1, H1, n1 = (8, [16, 16], 8) if small else (784, [500, 500], 100)
@@ -332,7 +347,7 @@ def main() -> None:
     command = "python experiments/bench_train.py" + (" --quick" if args.quick else "") + (
         f" --threads {args.threads}" if args.threads != 2 else "") + (
         f" --repeats {args.repeats}" if args.repeats != 11 and not args.quick else "") + (
-        " --clock cpu" if args.clock == "cpu" else "")
+        " --clock cpu" if args.clock == "cpu" else "") + (" --compile" if args.compile else "")
     lines = [
         f"Training speed, median {'CPU' if args.clock == 'cpu' else 'wall'} time per call over {args.repeats} "
         f"interleaved repeats; {machine}, "

@@ -34,7 +34,7 @@ def test_fit_writes_a_complete_run_directory(model, tmp_path, capsys):
     saved = torch.load(out / "model.pt", weights_only=True)
     cls = flowkit.BernoulliMADE if model == "bernoulli" else flowkit.CategoricalMADE
     shape = (64, [64]) if model == "bernoulli" else (64, 17, [64])
-    restored = cls(*shape, num_masks=2, order_agnostic=True, seed=99)
+    restored = cls(*shape, num_masks=2, order_agnostic=True, direct=True, seed=99)  # the default for discrete data
     restored.load_state_dict(saved["state_dict"])
     data = flowkit.data.digits("binary" if model == "bernoulli" else "counts").test
     nll = -restored.log_prob(data).mean().item()
@@ -304,3 +304,22 @@ def test_a_run_written_before_the_new_options_still_loads_and_resumes(tmp_path, 
     assert main([*base, "--epochs", "2", "--resume"]) == 0
     assert main([*base, "--epochs", "3", "--resume", "--linear", "lu"]) == 2
     assert "linear None -> 'lu'" in one_error_line(capsys)
+
+
+def test_the_direct_connection_is_on_by_default_for_discrete_models_and_a_run_keeps_its_own(tmp_path, capsys):
+    from flowkit.cli import load_run
+
+    run = tmp_path / "run"
+    assert main(fit_args(run, "--hidden", "16", "--epochs", "1")) == 0
+    assert json.loads((run / "config.json").read_text())["direct"] is True
+    assert load_run(str(run))[0].made.direct is not None
+    old = tmp_path / "old"  # as a run fitted before the default changed: no direct connection
+    assert main(fit_args(old, "--hidden", "16", "--epochs", "1", "--no-direct")) == 0
+    assert main(fit_args(old, "--hidden", "16", "--epochs", "2", "--resume")) == 0  # no flag: keeps its own
+    assert json.loads((old / "config.json").read_text())["direct"] is False
+    assert load_run(str(old))[0].made.direct is None
+    assert main(fit_args(old, "--hidden", "16", "--epochs", "3", "--resume", "--direct")) == 2
+    assert "direct False -> True" in one_error_line(capsys)
+    assert main(fit_args(tmp_path / "maf", "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1",
+                         "--epochs", "1")) == 0
+    assert json.loads((tmp_path / "maf" / "config.json").read_text())["direct"] is False
