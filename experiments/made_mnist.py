@@ -145,9 +145,10 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     (out / "made_mnist.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "made_mnist.md").write_text(table(results))
     figure(results, out)
-    one = runs_dir / "1x500-m1"
+    name, hidden, masks = RUNS[0]  # Figure 3: samples of the one-mask 1x500 model
+    one = runs_dir / name
     if (one / "result.json").exists():
-        model = build([500], 1)
+        model = build(hidden, masks)
         restore_best(model, one)
         samples = model.sample(10, generator=torch.Generator().manual_seed(0))
         nearest = splits.train[torch.cdist(samples, splits.train).argmin(dim=1)]

@@ -1,5 +1,6 @@
-"""The VI experiment scripts, at toy sizes: they run, and their pieces compute what they claim."""
+"""The experiment scripts, at toy sizes: they run, resume and report, and their pieces compute what they claim."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+import flowkit
+from flowkit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,3 +89,60 @@ def test_bench_train_script_runs(tmp_path, monkeypatch):
             assert set(figures) == implementations
             assert all(f["median"] > 0 and f["min"] > 0 for f in figures.values())
     assert (tmp_path / "bench_train.md").read_text().count("| flowkit |") == 3
+
+
+def _toy_splits(features, rows=(240, 60, 60), binary=False):
+    from flowkit.data import Splits
+
+    generator = torch.Generator().manual_seed(0)
+    parts = [torch.randn(n, features, generator=generator) for n in rows]
+    return Splits(*((part > 0.8).float() if binary else part for part in parts))
+
+
+def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkeypatch):
+    made_mnist = _load("made_mnist")
+    monkeypatch.setattr(made_mnist, "binarized_mnist", lambda seed: _toy_splits(784, binary=True))
+    monkeypatch.setattr(made_mnist, "RUNS", [("1x500-m1", [8], 1), ("1x500-m2", [8], 2)])
+    argv = ["made_mnist.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--epochs", "3",
+            "--patience", "2", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--budget-minutes", "1e-9"])  # the deadline passes at once
+    made_mnist.main()
+    assert not (tmp_path / "runs" / "1x500-m1").exists()  # nothing trained, nothing reported
+    monkeypatch.setattr(sys, "argv", argv)
+    made_mnist.main()
+    results = json.loads((tmp_path / "out" / "made_mnist.json").read_text())
+    one, two = results["runs"]["1x500-m1"], results["runs"]["1x500-m2"]
+    assert one["epochs"] <= 3 and len(one["curve"]) == one["epochs"] and "test_nll_ensemble" not in one
+    assert two["test_nll_ensemble"] > 0 and two["test_nll_one_mask"] > 0
+    assert one["best_valid_nll"] == min(row[2] for row in one["curve"])
+    table = (tmp_path / "out" / "made_mnist.md").read_text()
+    assert "about 94.5 (Figure 2, 1 x 500)" in table and "still training" not in table
+    assert (tmp_path / "out" / "made_mnist_masks.png").stat().st_size > 0
+    assert (tmp_path / "out" / "made_mnist_samples.png").stat().st_size > 0
+    made_mnist.main()  # finished runs are not trained again
+    assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["runs"]["1x500-m1"] == one
+
+
+def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, monkeypatch):
+    maf_power = _load("maf_power")
+    monkeypatch.setattr(maf_power, "load_power", lambda seed: _toy_splits(6))
+    tiny = {"MADE": lambda: flowkit.MADEMoG(6, 1, [8], seed=0), "MAF(5)": lambda: flowkit.MAF(6, 2, [8], seed=0)}
+    monkeypatch.setattr(maf_power, "models", lambda: tiny)
+    recipe = maf_power.recipe
+    monkeypatch.setattr(maf_power, "recipe", lambda name, args: {**recipe(name, args), "compile": False})
+    argv = ["maf_power.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "2", "--only", "MADE"])
+    maf_power.main()
+    folder = tmp_path / "runs" / "MAF-5"  # a run cut after its first epoch, as a session's end leaves it
+    options = maf_power.recipe("MAF(5)", argparse.Namespace(epochs=1))
+    fit(tiny["MAF(5)"](), _toy_splits(6).train, _toy_splits(6).valid, checkpoint=folder / "checkpoint.pt",
+        log=folder / "log.jsonl", **{k: v for k, v in options.items() if k != "compile"})
+    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "50", "--budget-minutes", "1e-9"])
+    maf_power.main()  # no time left: nothing trains, both runs are reported
+    results = json.loads((tmp_path / "out" / "maf_power.json").read_text())
+    finished, running = results["runs"]["MADE"], results["runs"]["MAF(5)"]
+    assert finished["epochs"] == 2 and math.isfinite(finished["test_log_likelihood"]) and finished["se"] > 0
+    assert running == {**running, "finished": False, "epochs": 1} and "test_log_likelihood" not in running
+    table = (tmp_path / "out" / "maf_power.md").read_text()
+    assert "| MAF(5) | 0.14 | still training |" in table and "1 so far" in table
+
