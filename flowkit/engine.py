@@ -164,8 +164,7 @@ def _effective_degrees(mask: Tensor, below: Tensor) -> Tensor:
 
 
 def _plan(made: MADE, index: int) -> _Plan:
-    linears = [*made.layers, *(m for block in made.blocks for m in block)] + (
-        [made.direct] if made.direct is not None else [])
+    linears = made._masked_linears()
     key = (index, tuple((m.weight._version, m.weight.data_ptr(), m.masks._version, m.masks.data_ptr())
                         for m in linears), made.layers[0].weight.dtype, made.layers[0].weight.device)
     cached = getattr(made, "_engine_plan", None)

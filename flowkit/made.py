@@ -388,10 +388,8 @@ class MADE(nn.Module):
         order, masks, direct = self.key_masks(key)
         index = self._index
         self.orders[index].copy_(order)
-        for linear, mask in zip(self._chain(), masks):
+        for linear, mask in zip(self._masked_linears(), [*masks, direct]):
             linear.masks[index].copy_(mask)
-        if self.direct is not None:
-            self.direct.masks[index].copy_(direct)
 
     def key_masks(self, key: int) -> tuple[Tensor, list[Tensor], Tensor]:
         """The ordering, the masks of :attr:`layers` and blocks in the order the input meets
@@ -421,7 +419,7 @@ class MADE(nn.Module):
             [0, 1, 2, 3]
         """
         index = self._index
-        linears = [*self._chain(), *([self.direct] if self.direct is not None else [])]
+        linears = self._masked_linears()
         saved = [self.orders[index].clone(), *(linear.masks[index].clone() for linear in linears)]
         try:
             yield self
@@ -433,6 +431,10 @@ class MADE(nn.Module):
     def _chain(self) -> list[MaskedLinear]:
         """The masked layers in the order the input meets them: hidden, blocks, output."""
         return [*self.layers[:-1], *(linear for block in self.blocks for linear in block), self.layers[-1]]
+
+    def _masked_linears(self) -> list[MaskedLinear]:
+        """Every masked layer: :meth:`_chain`, then the direct connection if there is one."""
+        return [*self._chain(), *([self.direct] if self.direct is not None else [])]
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: int | None = None,
                 deterministic: bool = False) -> Tensor:
