@@ -2,6 +2,7 @@
 
 from flowkit import masks, transforms, vi
 from flowkit.checks import check_autoregressive
+from flowkit.errors import FlowkitError, FlowkitTypeError, FlowkitValueError
 from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG
 from flowkit.flows import IAF, MAF, DiagonalNormal, Flow
 from flowkit.made import MADE, ConnectivityWarning
@@ -24,6 +25,9 @@ __all__ = [
     "check_autoregressive",
     "set_validation",
     "validate",
+    "FlowkitError",
+    "FlowkitValueError",
+    "FlowkitTypeError",
 ]
 
 __version__ = "0.1.0"
