@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from flowkit.atomic import read_json, save_npy, save_torch, write_json
+from flowkit.errors import FileProblem, FlowkitError, FlowkitValueError
 
 __all__ = ["main"]
 
@@ -31,12 +31,18 @@ FILE_SUFFIXES = (".npy", ".npz", ".csv")
 ARCHITECTURE = ("data", "model", "hidden", "masks", "order_agnostic", "direct", "layers", "components", "bins",
                 "seed", "kind", "features", "categories", "fresh_masks", "residual_blocks", "dropout", "linear",
                 "bound")
+# the files a fit writes into its run directory (and --overwrite removes), and those sample and complete add
+RUN_FILES = ("config.json", "model.pt", "checkpoint.pt", "metrics.jsonl", "metrics.json", "curves.png", "samples.png",
+             "completions.png", "density.png")
+DRAWN_FILES = ("sample-*.npy", "sample-*.png", "complete-*.npy", "complete-*.png", ".*.part")
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 # architecture settings added after run directories were first written, with the value older runs had
 LATER_ARCHITECTURE = {"fresh_masks": False, "residual_blocks": 0, "dropout": 0.0, "linear": None, "bound": None}
 
 
-class CommandError(ValueError):
-    """A bad request: printed as one ``flowkit: error:`` line."""
+class CommandError(FlowkitValueError):
+    """A bad request on the command line: printed, like every :class:`flowkit.FlowkitError`, as one
+    ``flowkit: error:`` line with exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "of Gaussian conditionals), maf, iaf (affine flows), spline (MAF with rational-quadratic "
                      "spline layers); the last four need continuous data. Default: bernoulli for binary data, "
                      "categorical for categories, maf for continuous data")
-    fit.add_argument("--out", default="runs/digits", help="run directory to write")
+    fit.add_argument("--out", default="runs/digits",
+                     help="run directory to write: a new or empty directory, or a run with --resume or --overwrite")
     fit.add_argument("--hidden", type=int, nargs="+", default=None, metavar="WIDTH",
                      help="hidden layer widths of the MADE (of each flow layer); default 500 for bernoulli and "
                      "categorical, 128 128 for made-mog and the flows")
@@ -123,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=None, help="where to train, e.g. cpu or cuda (default: cpu)")
     fit.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its checkpoint.pt (same settings; --epochs may grow "
-                     "unless the schedule is cosine)")
+                     "unless the schedule is cosine); also finishes a run whose fit was interrupted")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (its files are deleted once every option, the device and "
+                     "the data have been checked). Without --overwrite or --resume, fit refuses an --out that holds "
+                     "a run, and never writes into a non-empty directory that holds no run")
     fit.add_argument("--compile", action="store_true",
                      help="train through torch.compile of the minibatch loss: the first step compiles (about a "
                      "minute), then small flows train about twice as fast on a CPU")
@@ -148,14 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--run", required=True, help=run_help)
     sample.add_argument("-n", type=int, default=100, help="number of samples")
-    sample.add_argument("--out", default=None, metavar="FILE", help="the .npy file to write (default RUN/samples.npy)")
+    sample.add_argument("--out", default=None, metavar="FILE",
+                        help="the .npy file to write (default RUN/sample-N-seedS.npy; never one of the fit's files)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling")
 
     complete = commands.add_parser(
         "complete", formatter_class=formatter, help="complete half-observed test examples",
         description="Complete the first n test examples with the top half (the first half of the features) "
-        "observed, drawing the rest from the model; write RUN/completions.npy (n, samples, D) and, for images, "
-        "RUN/completions.png. Needs an autoregressive density (bernoulli, categorical, made-mog).",
+        "observed, drawing the rest from the model; write RUN/complete-NxS-seedK.npy (n, samples, D) and, for "
+        "images, a figure beside it (.png); the fit's own completions.png stays. Needs an autoregressive density (bernoulli, categorical, made-mog).",
     )
     complete.add_argument("--run", required=True, help=run_help)
     complete.add_argument("-n", type=int, default=10, help="number of test examples")
@@ -273,6 +285,29 @@ def _check_options(args: argparse.Namespace) -> None:
         raise CommandError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.bound is not None and not 0 < args.bound < float("inf"):
         raise CommandError(f"--bound must be positive and finite, got {args.bound}")
+    check_device(args.device)
+
+
+def check_device(name: str | None) -> None:
+    """Raises :class:`CommandError` unless ``name`` is a device this machine can train on."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise CommandError(f"unknown --device {name!r}: expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise CommandError(f"--device {name}: CUDA is not available here ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                               f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CommandError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise CommandError(f"--device {name}: flowkit trains on cpu, cuda or mps, not {device.type}")
 
 
 def _check_model_options(args: argparse.Namespace, model: str) -> None:
@@ -313,7 +348,7 @@ def _complete(model, originals: torch.Tensor, samples: int, seed: int, device: t
 def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from flowkit.baselines import IndependentBernoulli
     from flowkit.plot import save_completions, save_curves, save_density_2d, save_image_grid, save_scatter
-    from flowkit.train import evaluate, fit
+    from flowkit.train import check_resume, evaluate, fit
 
     _check_options(args)
     out = Path(args.out)
@@ -342,9 +377,16 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
                       "device", "compile")},
     }
     checkpoint, log = out / "checkpoint.pt", out / "metrics.jsonl"
+    ensemble = args.masks if (args.masks > 1 or args.fresh_masks) and model_name in AUTOREGRESSIVE else None
+    options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                   weight_decay=args.weight_decay, patience=args.patience, ensemble=ensemble,
+                   masks="fresh" if args.fresh_masks else "cycle", seed=args.seed, lr_schedule=args.lr_schedule,
+                   clip=args.clip)
+    # Everything is checked before anything in --out is deleted or written.
+    state = run_state(out)
     if args.resume:
-        if not checkpoint.is_file():
-            raise CommandError(f"cannot resume: no checkpoint {checkpoint}")
+        if state != "run":
+            raise CommandError(f"cannot resume: {out} holds no run (no config.json); fit without --resume")
         saved = _read_config(out)
         if args.direct is None:  # a run keeps the connection it was fitted with, whatever today's default
             config["direct"] = saved.get("direct", False)
@@ -352,21 +394,23 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
         if changed:
             details = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in changed)
             raise CommandError(f"cannot resume {out}: the model or data changed ({details})")
-    else:
-        for stale in (checkpoint, log):
-            stale.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
+        done = check_resume(checkpoint, splits.train, splits.valid, **options)
+        if not done:
+            notes.append(f"resume: {out} has no finished epoch yet; training starts from epoch 1")
+    elif state == "run" and not args.overwrite:
+        raise CommandError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                           "or choose another --out")
+    elif state == "other":
+        raise CommandError(f"--out {out} is not empty and holds no flowkit run; choose a new or empty directory")
     model = build_model(config)
-    ensemble = args.masks if (args.masks > 1 or args.fresh_masks) and model_name in AUTOREGRESSIVE else None
+
+    out.mkdir(parents=True, exist_ok=True)
+    if state == "run" and not args.resume:
+        _remove_run(out)
+    write_json(out / "config.json", config)
     start = time.perf_counter()
-    history = fit(model, splits.train, splits.valid, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  optimizer=args.optimizer, weight_decay=args.weight_decay, patience=args.patience,
-                  ensemble=ensemble, masks="fresh" if args.fresh_masks else "cycle", seed=args.seed,
-                  progress=args.progress, compile=args.compile,
-                  lr_schedule=args.lr_schedule, clip=args.clip, device=args.device, log=log,
-                  checkpoint=checkpoint, resume=args.resume)
+    history = fit(model, splits.train, splits.valid, **options, progress=args.progress, compile=args.compile,
+                  device=args.device, log=log, checkpoint=checkpoint, resume=args.resume)
     seconds = time.perf_counter() - start
     device = next(model.parameters()).device
     if model_name in AUTOREGRESSIVE:
@@ -410,9 +454,9 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
         save_scatter(_sample(model, 2000, args.seed, device), out / "samples.png", title=f"{model_name} samples")
         written[:0] = ["density.png", "samples.png"]
     save_curves(history.train_nll, history.valid_nll, out / "curves.png", history.best_epoch)
-    state = {key: value.cpu() for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": config}, out / "model.pt")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    weights = {key: value.cpu() for key, value in model.state_dict().items()}
+    save_torch({"state_dict": weights, "config": config}, out / "model.pt")
+    write_json(out / "metrics.json", metrics)
     written += ["config.json", "checkpoint.pt", "metrics.jsonl", "curves.png"]
     return metrics, notes + [report(metrics, args.out, written)]
 
@@ -443,24 +487,70 @@ def report(metrics: dict, out: str, written: Sequence[str]) -> str:
 # ---------------------------------------------------------------- eval, sample, complete
 
 
+def run_state(out: Path) -> str:
+    """``"new"`` (missing or empty), ``"run"`` (it holds a flowkit run) or ``"other"`` (other files)."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a directory")
+    entries = [entry for entry in out.iterdir() if not (entry.name.startswith(".") and entry.name.endswith(".part"))]
+    if not entries:
+        return "new"
+    if any((out / name).exists() for name in ("config.json", "checkpoint.pt", "model.pt")):
+        return "run"
+    return "other"
+
+
+def _remove_run(out: Path) -> None:
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for pattern in DRAWN_FILES:
+        for path in out.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 def _read_config(run: Path) -> dict[str, Any]:
-    path = run / "config.json"
     if not run.is_dir():
         raise CommandError(f"run directory not found: {run}")
-    if not path.is_file():
+    path = run / "config.json"
+    if not path.exists():
         raise CommandError(f"not a run directory (no config.json): {run}")
-    return {**LATER_ARCHITECTURE, **json.loads(path.read_text())}
+    remedy = "it cannot be repaired: fit the run again (into a new --out, or with --overwrite)"
+    config = read_json(path, "the run's config", remedy)
+    if not isinstance(config, dict):
+        raise FileProblem(f"the run's config {path} is damaged: expected a JSON object; {remedy}")
+    config = {**LATER_ARCHITECTURE, **config}
+    missing = [key for key in (*ARCHITECTURE, "image_shape", "vmax") if key not in config]
+    if missing:
+        raise FileProblem(f"the run's config {path} is damaged: it lacks {', '.join(missing)}; {remedy}")
+    if config["model"] not in MODELS:
+        raise FileProblem(f"the run's config {path} is damaged: unknown model {config['model']!r}; {remedy}")
+    return config
 
 
 def load_run(run: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model of a run directory, on the CPU in evaluation mode, and its config."""
+    from flowkit.atomic import load_torch
+
     run = Path(run)
     config = _read_config(run)
-    if not (run / "model.pt").is_file():
-        raise CommandError(f"run {run} has no model.pt (did its fit finish?)")
-    model = build_model(config)
-    saved = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["state_dict"])
+    path = run / "model.pt"
+    again = f"run `flowkit fit --resume --out {run}` (with the fit's options) to write it again from checkpoint.pt" \
+        if (run / "checkpoint.pt").is_file() else "fit the run again"
+    if not path.exists():
+        raise CommandError(f"run {run} has no model.pt: its fit did not finish; {again}")
+    saved = load_torch(path, "model file", again)
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise FileProblem(f"model file {path} is not a flowkit model (no state_dict); {again}")
+    try:
+        model = build_model(config)
+    except FlowkitError as error:
+        raise FileProblem(f"the run's config {run / 'config.json'} is damaged: {error}") from None
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError:
+        raise FileProblem(f"model file {path} does not match the run's config.json (another architecture); "
+                          f"{again}") from None
     if config["model"] in AUTOREGRESSIVE:
         model.made.use_mask(0)
     return model.eval(), config
@@ -490,18 +580,30 @@ def run_eval(args: argparse.Namespace) -> str:
     return line + ("" if bits is None else f", {bits:.4f} bits/dim")
 
 
+def _drawn_path(run: Path, given: str | None, default: str, option: str) -> Path:
+    """Where sample or complete writes its ``.npy`` (its figure goes beside it, ``.png``): never onto a
+    file of the fit."""
+    out = Path(given) if given else run / default
+    if out.suffix != ".npy":
+        raise CommandError(f"expected {option} to end in .npy, got {out}")
+    for path in (out, out.with_suffix(".png")):
+        if path.name in RUN_FILES and path.parent.resolve() == run.resolve():
+            raise CommandError(f"{option} {out} would overwrite the fit's {path.name}; choose another name")
+    if out.is_dir():
+        raise CommandError(f"{option} {out} is a directory")
+    return out
+
+
 def run_sample(args: argparse.Namespace) -> str:
     from flowkit.plot import save_image_grid, save_scatter
 
     if args.n < 1:
         raise CommandError(f"-n must be at least 1, got {args.n}")
+    run = Path(args.run)
     model, config = load_run(args.run)
-    out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
-    if out.suffix != ".npy":
-        raise CommandError(f"expected --out to end in .npy, got {out}")
+    out = _drawn_path(run, args.out, f"sample-{args.n}-seed{args.seed}.npy", "--out")
     samples = _sample(model, args.n, args.seed, torch.device("cpu"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, samples.numpy())
+    save_npy(out, samples.numpy())
     written = [str(out)]
     figure = out.with_suffix(".png")
     if config.get("image_shape"):
@@ -525,15 +627,16 @@ def run_complete(args: argparse.Namespace) -> str:
         raise CommandError(f"completion needs an autoregressive density (bernoulli, categorical, made-mog); "
                            f"{run} holds a {config['model']} flow")
     model, config = load_run(args.run)
+    out = _drawn_path(run, None, f"complete-{args.n}x{args.samples}-seed{args.seed}.npy", "the completions")
     splits, _, _ = load_data(config["data"], config["model"])
     originals = splits.test[: args.n]
     observed, completions = _complete(model, originals, args.samples, args.seed, torch.device("cpu"))
-    np.save(run / "completions.npy", completions.numpy())
-    written = [str(run / "completions.npy")]
+    save_npy(out, completions.numpy())
+    written = [str(out)]
     if config.get("image_shape"):
-        save_completions(originals, observed, completions, run / "completions.png", tuple(config["image_shape"]),
+        save_completions(originals, observed, completions, out.with_suffix(".png"), tuple(config["image_shape"]),
                          vmax=config["vmax"])
-        written.append(str(run / "completions.png"))
+        written.append(str(out.with_suffix(".png")))
     return (f"completed {len(originals)} test examples ({args.samples} each, first {originals.shape[1] // 2} of "
             f"{originals.shape[1]} features observed): wrote " + " and ".join(written))
 
@@ -576,8 +679,13 @@ def run_data(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from flowkit.data import DataUnavailableError
+    """Runs the ``flowkit`` command; returns its exit status.
 
+    0 on success; 2 for the user's mistakes (a bad option, data or file, any
+    :class:`flowkit.FlowkitError`) and for errors of the operating system (a permission, a full
+    disk), printed as one ``flowkit: error:`` line; 130 when interrupted (Ctrl-C), with one line saying
+    how to continue. Any other exception is a bug in flowkit and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         if args.command == "fit":
@@ -591,9 +699,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = run_complete(args)
         else:
             text = run_data(args)
-    except (ValueError, TypeError, OSError, DataUnavailableError, pickle.UnpicklingError, KeyError) as error:
+    except (FlowkitError, OSError) as error:
         message = str(error).strip().replace("\n", " ") or type(error).__name__
         print(f"flowkit: error: {message}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        how = ""
+        if args.command == "fit" and (Path(args.out) / "config.json").is_file():
+            how = (f": {args.out} keeps every finished epoch; continue with the same command and --resume "
+                   "(without --overwrite)")
+        print(f"flowkit: interrupted{how}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(text)
     return 0

@@ -1,4 +1,8 @@
-"""Figures: grids of images and completions of partly hidden images."""
+"""Figures: grids of images, completions of partly hidden images, learning curves, 2-D densities.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects, not through ``pyplot``: importing
+this module leaves the user's matplotlib backend alone. Every figure is written atomically.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from flowkit.atomic import save_figure
 
 __all__ = ["image_grid", "save_image_grid", "save_completions", "density_grid", "save_curves", "save_density_2d",
            "save_scatter"]
@@ -38,16 +42,14 @@ def save_image_grid(images: Tensor, path: str | Path, shape: tuple[int, int], co
                     title: str | None = None, vmax: float = 1.0) -> Path:
     """Writes a PNG grid of images (white = ``vmax``, padding grey)."""
     grid = image_grid(images, shape, columns)
-    fig, ax = plt.subplots(figsize=(grid.shape[1] / 8, grid.shape[0] / 8 + (0.4 if title else 0)), dpi=100)
-    cmap = plt.get_cmap("gray").with_extremes(bad="#7f7f7f")
+    fig = Figure(figsize=(grid.shape[1] / 8, grid.shape[0] / 8 + (0.4 if title else 0)), dpi=100)
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="#7f7f7f")
     ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def save_completions(originals: Tensor, observed: Tensor, completions: Tensor, path: str | Path,
@@ -82,7 +84,8 @@ def density_grid(log_prob, bounds: tuple[float, float, float, float], resolution
 
 def save_curves(train_nll: list[float], valid_nll: list[float], path: str | Path, best_epoch: int | None = None) -> Path:
     """Writes a PNG of the mean training and validation NLL (nats) per epoch, the kept epoch marked."""
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig = Figure(figsize=(5, 3.2), dpi=100)
+    ax = fig.subplots()
     epochs = np.arange(1, len(train_nll) + 1)
     ax.plot(epochs, train_nll, label="train")
     if valid_nll:
@@ -92,10 +95,7 @@ def save_curves(train_nll: list[float], valid_nll: list[float], path: str | Path
     ax.set_xlabel("epoch")
     ax.set_ylabel("NLL (nats)")
     ax.legend(fontsize=8)
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def _bounds(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
@@ -106,33 +106,37 @@ def _bounds(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, floa
 
 def save_density_2d(data: Tensor, log_prob, path: str | Path, resolution: int = 150) -> Path:
     """Writes a PNG of a 2-D data set ``(N, 2)`` as a histogram beside the model's density
-    (``log_prob`` maps ``(N, 2)`` points to ``(N,)``) as a heat map on the same square."""
+    (``log_prob`` maps ``(N, 2)`` points to ``(N,)``) as a heat map on the same square, both with
+    their axes (:math:`x_1`, :math:`x_2`) and a colour bar (points per bin; density)."""
     points = data.detach().cpu().double().numpy()
     x0, x1, y0, y1 = _bounds(points)
     xs, ys, density = density_grid(log_prob, (x0, x1, y0, y1), resolution)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
-    left.hist2d(points[:, 0], points[:, 1], bins=resolution // 2, range=[[x0, x1], [y0, y1]], cmap="viridis")
-    left.set_title("data", fontsize=9)
-    right.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto")
+    fig = Figure(figsize=(9.5, 4), dpi=100, layout="constrained")
+    left, right = fig.subplots(1, 2, sharex=True, sharey=True)
+    *_, counts = left.hist2d(points[:, 0], points[:, 1], bins=resolution // 2, range=[[x0, x1], [y0, y1]],
+                             cmap="viridis")
+    fig.colorbar(counts, ax=left, label="points per bin")
+    left.set_title(f"data ({len(points)} points)", fontsize=9)
+    image = right.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=right, label="density")
     right.set_title("model density", fontsize=9)
     for ax in (left, right):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+        ax.set_xlabel("$x_1$")
+        ax.tick_params(labelsize=8)
+    left.set_ylabel("$x_2$")
+    return save_figure(fig, path)
 
 
 def save_scatter(points: Tensor, path: str | Path, title: str | None = None) -> Path:
     """Writes a PNG scatter plot of 2-D points ``(N, 2)``."""
     points = points.detach().cpu().double().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
     if title:
         ax.set_title(title, fontsize=9)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.tick_params(labelsize=8)
     ax.set_aspect("equal", adjustable="datalim")
-    path = Path(path)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import inspect
 import dataclasses
 import json
 import math
@@ -15,9 +17,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from flowkit.atomic import atomic_path
+from flowkit.atomic import atomic_path, load_torch, save_torch
+from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
 
-__all__ = ["History", "fit", "evaluate"]
+__all__ = ["History", "fit", "evaluate", "check_resume"]
 
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw")
@@ -119,8 +122,10 @@ def fit(
         clip: the largest gradient norm (over all parameters), or ``None``.
         device: where to train; the model and each minibatch are moved there (default: the
             model's device).
-        log: a ``.jsonl`` or ``.csv`` file to which one row per epoch is appended:
-            ``epoch`` (1-based), ``train_nll``, ``valid_nll``, ``lr``, ``seconds``.
+        log: a ``.jsonl`` or ``.csv`` file of one row per epoch: ``epoch`` (1-based),
+            ``train_nll``, ``valid_nll``, ``lr``, ``seconds``. It is rewritten (atomically) after
+            every epoch with the rows of this run, replacing an existing file; on resume, with the
+            rows of the checkpoint's epochs, so that it never holds an epoch the checkpoint lacks.
         checkpoint: the file holding the training state after the last finished epoch.
         resume: continue from ``checkpoint`` if it exists (else start afresh).
         time_limit: seconds after which no new epoch starts (the one under way finishes and is
@@ -141,30 +146,21 @@ def fit(
         >>> len(history.train_nll)
         2
     """
-    if lr_schedule not in SCHEDULES:
-        raise ValueError(f"expected lr_schedule in {SCHEDULES}, got {lr_schedule!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"expected optimizer in {OPTIMIZERS}, got {optimizer!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"expected weight_decay >= 0, got {weight_decay!r}")
-    if lr_schedule == "plateau" and valid is None:
-        raise ValueError("lr_schedule='plateau' needs validation data, got valid=None")
+    settings = _settings(train, valid, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         optimizer=optimizer, patience=patience, ensemble=ensemble, masks=masks, seed=seed,
+                         lr_schedule=lr_schedule, clip=clip)
     if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
+        raise FlowkitValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
     if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path, got checkpoint=None")
-    if masks not in MASK_MODES:
-        raise ValueError(f"expected masks in {MASK_MODES}, got {masks!r}")
+        raise FlowkitValueError("resume=True needs a checkpoint path, got checkpoint=None")
     made = getattr(model, "made", None)
     fresh = masks == "fresh"
     if fresh and not hasattr(made, "draw_masks"):
-        raise ValueError(f"masks='fresh' needs a density with a MADE (model.made), got {type(model).__name__}")
+        raise FlowkitValueError(f"masks='fresh' needs a density with a MADE (model.made), got {type(model).__name__}")
     log_format = None if log is None else _log_format(log)
+    state = _read_checkpoint(checkpoint, settings) if resume and Path(checkpoint).exists() else None
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)
-    settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                    patience=patience, ensemble=ensemble, masks=masks, seed=seed, lr_schedule=lr_schedule,
-                    clip=clip, train_size=len(train))
     optimizer = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
         model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = _scheduler(optimizer, lr_schedule, epochs, patience)
@@ -172,11 +168,9 @@ def fit(
     scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
-    start, stopped, step = 0, False, 0
-    if resume and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        _check_settings(state["settings"], settings, checkpoint)
-        model.load_state_dict(state["model"])
+    start, stopped, step, log_rows = 0, False, 0, []
+    if state is not None:
+        _load_state(model, state["model"], checkpoint)
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
@@ -188,6 +182,9 @@ def fit(
         best_state, start, stopped = state["best_state"], state["epoch"], state["stopped"]
         step = state.get("step", start * math.ceil(len(train) / batch_size))  # the minibatches run
         history.stopped_early = stopped  # checkpoints written before History had the field
+        log_rows = state.get("log") or _rows_before(log, log_format, start)
+    if log is not None:
+        _write_log(log, log_format, log_rows)  # the rows of the checkpoint's epochs, none past it
 
     def minibatch_loss(x: Tensor) -> Tensor:
         return -model.log_prob(x).mean()
@@ -205,17 +202,17 @@ def fit(
         model.train()
         history.lr.append(optimizer.param_groups[0]["lr"])
         total = 0.0
-        for rows in torch.randperm(len(train), generator=generator).split(batch_size):
+        for indices in torch.randperm(len(train), generator=generator).split(batch_size):
             if fresh:
                 made.draw_masks(step)
             step += 1
-            loss = minibatch_loss(train[rows].to(device))
+            loss = minibatch_loss(train[indices].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            total += float(loss.detach()) * len(rows)
+            total += float(loss.detach()) * len(indices)
             if not fresh and made is not None and made.num_masks > 1:
                 made.next_mask()
         history.train_nll.append(total / len(train))
@@ -232,19 +229,19 @@ def fit(
             scheduler.step(score)
         elif scheduler is not None:
             scheduler.step()
-        if log is not None:
-            row = dict(epoch=epoch + 1, train_nll=history.train_nll[-1], valid_nll=score,
-                       lr=history.lr[-1], seconds=time.perf_counter() - began)
-            _append_row(log, log_format, row)
+        log_rows.append(dict(epoch=epoch + 1, train_nll=history.train_nll[-1], valid_nll=score,
+                             lr=history.lr[-1], seconds=time.perf_counter() - began))
         if checkpoint is not None:
-            _save_atomic({
+            save_torch({
                 "settings": settings, "epoch": epoch + 1, "stopped": stopped, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "generator": generator.get_state(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "history": history.to_dict(), "best_state": best_state,
+                "history": history.to_dict(), "best_state": best_state, "log": log_rows,
             }, checkpoint)
+        if log is not None:  # after the checkpoint, which holds the rows too: a resume rewrites them
+            _write_log(log, log_format, log_rows)
         if progress:
             epoch_range.set_postfix(train=f"{history.train_nll[-1]:.3f}",
                                     **({} if score is None else {"valid": f"{score:.3f}"}))
@@ -263,7 +260,7 @@ def evaluate(
     model: nn.Module, data: Tensor, *, ensemble: int | None = None, keys: int | None = None,
     batch_size: int = 1000,
 ) -> tuple[float, float]:
-    """Mean negative log-likelihood of ``data`` in nats and its standard error.
+    """Mean negative log-likelihood of ``data`` in nats and its standard error (NaN for one row).
 
     ``data`` is moved to the model's device chunk by chunk; ``ensemble`` (the first mask sets)
     and ``keys`` (the mask keys ``0..keys-1``, see :meth:`flowkit.MADE.draw_masks`) are passed
@@ -275,6 +272,11 @@ def evaluate(
         >>> se
         0.0
     """
+    if not isinstance(data, Tensor):
+        raise FlowkitTypeError(f"expected data to be a torch.Tensor, got {type(data).__name__}")
+    if data.dim() < 1 or len(data) == 0:
+        raise FlowkitValueError(f"expected data with at least one row to score, got shape {tuple(data.shape)}")
+    batch_size = _check_int("batch_size", batch_size, least=1)
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -303,6 +305,98 @@ def _scheduler(optimizer: torch.optim.Optimizer, lr_schedule: str, epochs: int, 
     return None
 
 
+REQUIRED = ("settings", "epoch", "stopped", "model", "optimizer", "scheduler", "generator", "rng", "cuda_rng",
+            "history", "best_state")
+
+
+def _settings(train: Tensor, valid: Tensor | None, **options: Any) -> dict[str, Any]:
+    """The checked settings of a run, as a checkpoint records them."""
+    if options["lr_schedule"] not in SCHEDULES:
+        raise FlowkitValueError(f"expected lr_schedule in {SCHEDULES}, got {options['lr_schedule']!r}")
+    if options["optimizer"] not in OPTIMIZERS:
+        raise FlowkitValueError(f"expected optimizer in {OPTIMIZERS}, got {options['optimizer']!r}")
+    if options["masks"] not in MASK_MODES:
+        raise FlowkitValueError(f"expected masks in {MASK_MODES}, got {options['masks']!r}")
+    for name, least in (("epochs", 0), ("batch_size", 1), ("patience", 0), ("seed", None)):
+        options[name] = _check_int(name, options[name], least=least)
+    if options["ensemble"] is not None:
+        options["ensemble"] = _check_int("ensemble", options["ensemble"], least=1)
+    for name in ("lr", "weight_decay", "clip"):
+        value = options[name]
+        if value is None and name == "clip":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FlowkitTypeError(f"expected {name} to be a number, got {type(value).__name__}")
+        if not (value >= 0 if name == "weight_decay" else value > 0) or value == math.inf:
+            raise FlowkitValueError(f"expected {name} {'>= 0' if name == 'weight_decay' else '> 0'} and finite, "
+                                    f"got {value!r}")
+    if options["lr_schedule"] == "plateau" and valid is None:
+        raise FlowkitValueError("lr_schedule='plateau' needs validation data, got valid=None")
+    for name, data in (("train", train), ("valid", valid)):
+        if data is None and name == "valid":
+            continue
+        if not isinstance(data, Tensor):
+            raise FlowkitTypeError(f"expected {name} data to be a torch.Tensor, got {type(data).__name__}")
+        if data.dim() < 2 or len(data) == 0:
+            raise FlowkitValueError(f"expected {name} data of shape (N, D) with N >= 1, got {tuple(data.shape)}")
+    return {**options, "train_size": len(train)}
+
+
+def check_resume(checkpoint: str | Path, train: Tensor, valid: Tensor | None = None, **options: Any) -> int:
+    """Checks, without training, that :func:`fit` with ``checkpoint`` and ``resume=True`` (and these
+    data and keyword options) would continue the run in ``checkpoint``; returns its finished epochs.
+
+    Raises :class:`flowkit.errors.FileProblem` for a damaged checkpoint and
+    :class:`flowkit.FlowkitValueError` when the settings differ (only ``epochs`` may grow, and not
+    under a cosine schedule). A missing checkpoint is fine: the run starts from epoch 0.
+
+    Example:
+        >>> import tempfile
+        >>> model, data = flowkit.BernoulliMADE(3, [8], seed=0), torch.ones(20, 3)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = fit(model, data, data, epochs=2, checkpoint=f"{folder}/c.pt")
+        ...     check_resume(f"{folder}/c.pt", data, data, epochs=3)
+        ...     check_resume(f"{folder}/c.pt", data, data, epochs=3, lr=0.01)
+        Traceback (most recent call last):
+        ...
+        flowkit.errors.FlowkitValueError: cannot resume from .../c.pt: the settings changed (lr 0.001 -> 0.01)
+    """
+    defaults = {name: parameter.default for name, parameter in inspect.signature(fit).parameters.items()
+                if name in FIT_SETTINGS}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise FlowkitTypeError(f"check_resume got options fit does not record: {', '.join(unknown)}")
+    settings = _settings(train, valid, **{**defaults, **options})
+    if not Path(checkpoint).exists():
+        return 0
+    return int(_read_checkpoint(checkpoint, settings)["epoch"])
+
+
+FIT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "patience", "ensemble", "masks", "seed",
+                "lr_schedule", "clip")
+
+
+def _read_checkpoint(path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    remedy = "delete it to train from the start"
+    state = load_torch(path, "checkpoint", remedy)
+    missing = [key for key in REQUIRED if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise FileProblem(f"checkpoint {path} is not a flowkit training checkpoint (it lacks {', '.join(missing)}); "
+                          f"{remedy}")
+    _check_settings(state["settings"], settings, path)
+    return state
+
+
+def _load_state(model: nn.Module, state_dict: dict[str, Tensor], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
+        raise FileProblem(f"the weights in {path} do not fit this model ({detail.rstrip('.')}): it was written for "
+                          "another architecture") from None
+
+
 def _check_settings(saved: dict, settings: dict, path: str | Path) -> None:
     # Only the number of epochs may grow, and not under a cosine schedule (it anneals over it).
     saved = {**LATER_SETTINGS, **saved}
@@ -310,7 +404,7 @@ def _check_settings(saved: dict, settings: dict, path: str | Path) -> None:
                and (key != "epochs" or settings["lr_schedule"] == "cosine")]
     if changed:
         differences = ", ".join(f"{key} {saved.get(key)!r} -> {settings[key]!r}" for key in changed)
-        raise ValueError(f"cannot resume from {path}: the settings changed ({differences})")
+        raise FlowkitValueError(f"cannot resume from {path}: the settings changed ({differences})")
 
 
 def _log_format(path: str | Path) -> str:
@@ -319,23 +413,47 @@ def _log_format(path: str | Path) -> str:
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    raise ValueError(f"expected a log file ending in .jsonl or .csv, got {str(path)!r}")
+    raise FlowkitValueError(f"expected a log file ending in .jsonl or .csv, got {str(path)!r}")
 
 
-def _append_row(path: str | Path, log_format: str, row: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as file:
+def _rows_before(path: str | Path | None, log_format: str | None, epochs: int) -> list[dict[str, Any]]:
+    """The rows of an existing log for epochs ``1..epochs`` (for checkpoints that do not hold them)."""
+    if path is None or not Path(path).is_file():
+        return []
+    rows = []
+    with open(path, newline="") as file:
         if log_format == "jsonl":
-            file.write(json.dumps(row) + "\n")
+            for line in file:
+                with contextlib.suppress(json.JSONDecodeError):
+                    rows.append(json.loads(line))
+        else:
+            for row in csv.DictReader(file):
+                with contextlib.suppress(TypeError, ValueError):
+                    rows.append({key: int(row["epoch"]) if key == "epoch" else float(row[key]) if row[key] else None
+                                 for key in LOG_FIELDS})
+    return [row for row in rows if isinstance(row, dict) and isinstance(row.get("epoch"), int)
+            and 1 <= row["epoch"] <= epochs]
+
+
+def _write_log(path: str | Path, log_format: str, rows: list[dict[str, Any]]) -> None:
+    """Rewrites the log with ``rows``, atomically."""
+    with atomic_path(path) as partial, partial.open("w", newline="") as file:
+        if log_format == "jsonl":
+            file.writelines(json.dumps(row) + "\n" for row in rows)
         else:
             writer = csv.DictWriter(file, fieldnames=LOG_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
-def _save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    with atomic_path(path) as partial:
-        torch.save(state, partial)
+def _check_int(name: str, value: Any, *, least: int | None = 0) -> int:  # TEMPORARY until validation.check_int
+    import operator
+    if isinstance(value, bool):
+        raise FlowkitTypeError(f"expected {name} to be an integer, got bool {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise FlowkitTypeError(f"expected {name} to be an integer, got {type(value).__name__} {value!r}") from None
+    if least is not None and value < least:
+        raise FlowkitValueError(f"expected {name} to be an integer >= {least}, got {value}")
+    return value

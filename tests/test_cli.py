@@ -119,12 +119,14 @@ def test_eval_sample_complete_on_a_digits_run(tmp_path, capsys):
     assert samples.shape == (7, 64) and set(np.unique(samples)) <= {0.0, 1.0}
     assert (tmp_path / "s.png").read_bytes().startswith(PNG)
 
+    fitted = (run / "completions.png").read_bytes()
     assert main(["complete", "--run", str(run), "-n", "3", "--samples", "2"]) == 0
-    completions = np.load(run / "completions.npy")
+    completions = np.load(run / "complete-3x2-seed0.npy")
     assert completions.shape == (3, 2, 64)
     test = flowkit.data.digits("binary").test[:3].numpy()
     assert (completions[:, :, :32] == test[:, None, :32]).all()
-    assert (run / "completions.png").read_bytes().startswith(PNG)
+    assert (run / "complete-3x2-seed0.png").read_bytes().startswith(PNG)
+    assert (run / "completions.png").read_bytes() == fitted  # the fit's own figure stays
 
 
 def test_eval_sample_complete_on_a_toy_made_mog_run(tmp_path, capsys):
@@ -135,10 +137,15 @@ def test_eval_sample_complete_on_a_toy_made_mog_run(tmp_path, capsys):
     assert main(["eval", "--run", str(run), "--split", "valid"]) == 0
     nll = float(re.search(r"valid NLL (\S+) ± ", capsys.readouterr().out).group(1))
     assert abs(nll - json.loads((run / "metrics.json").read_text())["valid_nll"]) < 1e-3
+    fitted = (run / "samples.png").read_bytes()
     assert main(["sample", "--run", str(run), "-n", "5"]) == 0
-    assert np.load(run / "samples.npy").shape == (5, 2)
+    assert np.load(run / "sample-5-seed0.npy").shape == (5, 2)
+    assert (run / "sample-5-seed0.png").read_bytes().startswith(PNG)
+    assert (run / "samples.png").read_bytes() == fitted  # the fit's own figure stays
+    assert main(["sample", "--run", str(run), "-n", "5", "--out", str(run / "samples.npy")]) == 2
+    assert "would overwrite the fit's samples.png" in one_error_line(capsys)
     assert main(["complete", "--run", str(run), "-n", "4", "--samples", "3"]) == 0
-    assert np.load(run / "completions.npy").shape == (4, 3, 2)
+    assert np.load(run / "complete-4x3-seed0.npy").shape == (4, 3, 2)
 
 
 def test_resume_continues_a_run(tmp_path, capsys):

@@ -2,7 +2,9 @@ r"""The user's own data from ``.npy``, ``.npz`` or ``.csv`` files: validated, ty
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +13,7 @@ import torch
 from torch import Tensor
 
 from flowkit.data.digits import Splits
+from flowkit.errors import FileProblem, FlowkitValueError
 
 __all__ = ["MAX_CATEGORIES", "load_file", "split"]
 
@@ -21,9 +24,15 @@ MAX_CATEGORIES = 256
 
 def _read(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz":
+    if suffix not in (".npy", ".npz", ".csv"):
+        raise FlowkitValueError(f"expected a .npy, .npz or .csv file, got {path.name}")
+    if not path.is_file():
+        raise FileProblem(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+    try:
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.files)
             if len(keys) == 1:
@@ -31,10 +40,19 @@ def _read(path: Path) -> np.ndarray:
             for key in ("x", "data"):
                 if key in keys:
                     return archive[key]
-        raise ValueError(f"{path.name} holds several arrays {keys}: expected one, or one named 'x' or 'data'")
-    if suffix == ".csv":
-        return _read_csv(path)
-    raise ValueError(f"expected a .npy, .npz or .csv file, got {path.name}")
+    except FlowkitValueError:
+        raise
+    except PermissionError as error:
+        raise FileProblem(f"cannot read data file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise FileProblem(f"cannot read data file {path}: not a text file of comma-separated numbers") from None
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
+        if "pickle" in str(error):
+            raise FileProblem(f"data file {path} holds Python objects (a pickle), which flowkit does not load; save a "
+                              "numeric array with numpy.save") from None
+        written = "numpy.save" if suffix == ".npy" else "numpy.savez"
+        raise FileProblem(f"cannot read data file {path}: truncated, damaged or not written by {written}") from None
+    raise FlowkitValueError(f"{path.name} holds several arrays {keys}: expected one, or one named 'x' or 'data'")
 
 
 def _is_number(field: str) -> bool:
@@ -52,23 +70,25 @@ def _read_csv(path: Path) -> np.ndarray:
     try:
         return np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
     except ValueError as error:
-        raise ValueError(f"expected numeric values in {path.name} (one optional header line): {error}") from None
+        raise FlowkitValueError(f"expected numeric values in {path.name} (one optional header line): {error}") from None
 
 
 def _validate(x: np.ndarray, name: str) -> np.ndarray:
     if x.dtype == np.bool_:
         x = x.astype(np.uint8)
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise ValueError(f"expected numeric values in {name}, got dtype {x.dtype}")
+        raise FlowkitValueError(f"expected numeric values in {name}, got dtype {x.dtype}")
     if x.ndim != 2:
-        raise ValueError(f"expected a 2-D array (N, D) in {name}, got shape {x.shape}")
+        raise FlowkitValueError(f"expected a 2-D array (N, D) in {name}, got shape {x.shape}")
     if len(x) < 2:
-        raise ValueError(f"expected at least 2 rows in {name}, got {len(x)}")
+        raise FlowkitValueError(f"expected at least 2 rows in {name}, got {len(x)}")
+    if x.shape[1] < 1:
+        raise FlowkitValueError(f"expected at least one column in {name}, got shape {x.shape}")
     if np.issubdtype(x.dtype, np.floating):
         bad = ~np.isfinite(x)
         if bad.any():
             row, column = np.argwhere(bad)[0]
-            raise ValueError(
+            raise FlowkitValueError(
                 f"expected finite values in {name}, got {int(bad.sum())} NaN or inf, the first {x[row, column]} "
                 f"at row {row}, column {column}"
             )
@@ -96,9 +116,15 @@ def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str
 
     ``.npz`` files must hold one array, or one named ``x`` or ``data``; ``.csv`` files are
     comma-separated numbers with an optional header line. The array must be 2-D, numeric, finite,
-    with at least 2 rows. With ``kind="auto"``: only 0 and 1 makes it ``"binary"``; non-negative
+    with at least 2 rows and one column. With ``kind="auto"``: only 0 and 1 makes it ``"binary"``; non-negative
     integers below :data:`MAX_CATEGORIES` make it ``"categorical"`` with ``K = max + 1``; anything
     else is ``"continuous"``. A declared kind that the values contradict raises ``ValueError``.
+
+    Degenerate data: a constant column of binary or categorical data is kept (a model learns a
+    conditional that puts all its mass on the one value; the log-likelihood stays finite); a
+    constant column of continuous data is refused, since a density on it has no finite
+    maximum-likelihood fit (its log-density grows without bound as it narrows onto the value).
+    An unreadable, damaged or pickled file raises :class:`flowkit.errors.FileProblem`.
 
     Returns:
         ``(x, kind, message)``: ``x`` float32 0/1 (binary), ``long`` codes (categorical) or float32
@@ -112,23 +138,23 @@ def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str
         >>> kind, x.dtype, message
         ('categorical', torch.int64, 'categorical with K = 4: every value is an integer in 0..3 (2 x 2)')
     """
+    if kind not in ("auto", "binary", "categorical", "continuous"):
+        raise FlowkitValueError(f"expected kind 'auto', 'binary', 'categorical' or 'continuous', got {kind!r}")
     path = Path(path)
     x = _validate(_read(path), path.name)
     size = f"({x.shape[0]} x {x.shape[1]})"
-    if kind not in ("auto", "binary", "categorical", "continuous"):
-        raise ValueError(f"expected kind 'auto', 'binary', 'categorical' or 'continuous', got {kind!r}")
     if kind == "continuous":
-        return torch.from_numpy(x.astype(np.float32)), kind, f"continuous (declared) {size}"
+        return _continuous(x, path.name), kind, f"continuous (declared) {size}"
     binary = np.isin(x, (0, 1))
     if binary.all() and kind in ("auto", "binary"):
         how = "declared" if kind == "binary" else "every value is 0 or 1"
         return torch.from_numpy(x.astype(np.float32)), "binary", f"binary: {how} {size}"
     if kind == "binary":
-        raise ValueError(f"declared binary, but {path.name} holds values other than 0 and 1: {_examples(x[~binary])}")
+        raise FlowkitValueError(f"declared binary, but {path.name} holds values other than 0 and 1: {_examples(x[~binary])}")
     codes, reason = _as_categories(x)
     if kind == "categorical":
         if reason is not None:
-            raise ValueError(f"declared categorical, but {path.name} holds {reason}")
+            raise FlowkitValueError(f"declared categorical, but {path.name} holds {reason}")
         top = int(codes.max())
         return torch.from_numpy(codes), kind, f"categorical with K = {top + 1} (declared): values in 0..{top} {size}"
     if reason is None and codes.max() < MAX_CATEGORIES:
@@ -137,24 +163,39 @@ def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str
         return torch.from_numpy(codes), "categorical", message
     if reason is None:
         reason = f"integers up to {int(codes.max())}, not below {MAX_CATEGORIES}"
-    return torch.from_numpy(x.astype(np.float32)), "continuous", f"continuous: {reason} {size}"
+    return _continuous(x, path.name), "continuous", f"continuous: {reason} {size}"
+
+
+def _continuous(x: np.ndarray, name: str) -> Tensor:
+    constant = np.flatnonzero((x == x[:1]).all(axis=0))
+    if len(constant):
+        column = int(constant[0])
+        raise FlowkitValueError(
+            f"column {column} of {name} is constant (every value is {x[0, column]:g}){' and so are ' + str(len(constant) - 1) + ' more' if len(constant) > 1 else ''}: "
+            "a continuous density on it has no finite maximum-likelihood fit; drop the column")
+    return torch.from_numpy(x.astype(np.float32))
 
 
 def split(x: Tensor, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
     """Shuffle the rows of ``x: (N, D)`` with ``seed`` and cut them into train, valid and test.
 
     ``valid`` and ``test`` are fractions of ``N``, each rounded down; the rest is training data.
+    A nonzero fraction that would round to no row at all raises (``N`` is too small to split).
 
     Example:
         >>> tuple(len(part) for part in split(torch.arange(20).view(10, 2)))
         (8, 1, 1)
     """
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
-        raise ValueError(f"expected fractions valid, test >= 0 with valid + test < 1, got {valid} and {test}")
+        raise FlowkitValueError(f"expected fractions valid, test >= 0 with valid + test < 1, got {valid} and {test}")
     n = len(x)
     n_valid, n_test = int(valid * n), int(test * n)
     if n - n_valid - n_test < 1:
-        raise ValueError(f"expected at least one training row, got N = {n}")
+        raise FlowkitValueError(f"expected at least one training row, got N = {n}")
+    for part, fraction, rows in (("validation", valid, n_valid), ("test", test, n_test)):
+        if fraction > 0 and rows == 0:
+            raise FlowkitValueError(f"expected at least {math.ceil(1 / fraction)} rows, so that the {part} part "
+                                    f"({fraction:g} of them) has one, got N = {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     x = x[perm]
     return Splits(x[: n - n_valid - n_test], x[n - n_valid - n_test : n - n_test], x[n - n_test :])
