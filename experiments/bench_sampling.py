@@ -15,7 +15,6 @@ a peer that is not installed is reported as missing.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 import flowkit
+from flowkit.atomic import write_json, write_text  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
@@ -183,10 +183,10 @@ def main() -> None:
     command = "python experiments/bench_sampling.py" + ("" if args.device == "cpu" else f" --device {args.device}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_sampling{suffix}.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "rows": [{"task": n, "seconds": f} for n, f in rows]}, indent=2) + "\n")
+    write_json(out / f"bench_sampling{suffix}.json",
+               {"command": command, "machine": machine, "rows": [{"task": n, "seconds": f} for n, f in rows]})
     text = "\n".join(lines) + f"\n\nCommand: `{command}`.\n"
-    (out / f"bench_sampling{suffix}.md").write_text(text)
+    write_text(out / f"bench_sampling{suffix}.md", text)
     print(text)
 
 

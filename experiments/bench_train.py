@@ -30,7 +30,6 @@ is reported as not installed, and one that refuses an architecture as not fittin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 
 import flowkit
 from flowkit.validation import validate
+from flowkit.atomic import write_json, write_text  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
@@ -384,11 +384,11 @@ def main() -> None:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_train.json").write_text(json.dumps(
-        {"command": command, "machine": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
-         "repeats": args.repeats, "cases": cases}, indent=2) + "\n")
+    write_json(out / "bench_train.json",
+               {"command": command, "machine": machine, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "repeats": args.repeats, "cases": cases})
     text = "\n".join(lines) + f"\n\nCommand: `{command}`.\n"
-    (out / "bench_train.md").write_text(text)
+    write_text(out / "bench_train.md", text)
     print(text)
 
 

@@ -23,6 +23,7 @@ from flowkit import BernoulliMADE
 from flowkit.baselines import IndependentBernoulli
 from flowkit.data import digits
 from flowkit.train import evaluate, fit
+from flowkit.atomic import write_json, write_text  # noqa: E402
 
 CONFIGS = [
     ("MADE 1x500, 1 mask", dict(hidden=[500], masks=1)),
@@ -71,7 +72,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "digits.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "digits.json", results)
     lines = [
         "| model | test NLL, nats (one mask set: the one current at the best epoch) | test NLL, nats (ensemble of all mask sets) | epochs | seconds per run |",
         "| --- | --- | --- | --- | --- |",
@@ -89,7 +90,7 @@ def main() -> None:
     table = "\n".join(lines)
     note = (f"\nMedian over {args.seeds} seed(s) (min and max beside it); 300 test digits; "
             f"{results['machine']}. Command: `{results['command']}`.\n")
-    (out / "digits.md").write_text(table + "\n" + note)
+    write_text(out / "digits.md", table + "\n" + note)
     print(table + note)
 
 

@@ -33,7 +33,6 @@ Writes ``experiments/results/energies.png`` (target and both fits, one row per e
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from torch import Tensor  # noqa: E402
 
 import flowkit  # noqa: E402
 from flowkit.vi import log_weights, reverse_kl  # noqa: E402
+from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
 
 Energy = Callable[[Tensor], Tensor]
 SHOWN = 4.0  # the paper's figures show [-4, 4]^2
@@ -232,9 +232,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out / "energies.png", dpi=100, bbox_inches="tight")
-    (out / "energies.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "energies.md").write_text(table(results, args))
+    save_figure(fig, out / "energies.png", dpi=100, bbox_inches="tight")
+    write_json(out / "energies.json", results)
+    write_text(out / "energies.md", table(results, args))
     print(f"total {results['total_seconds']:.0f} s", flush=True)
 
 

@@ -45,6 +45,7 @@ import flowkit  # noqa: E402
 from flowkit.data import binarized_mnist, bits_per_dim, load_mnist  # noqa: E402
 from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
+from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, curve, restore_best, unfinished  # noqa: E402
@@ -70,7 +71,7 @@ def finish(model, folder: Path, splits, masks: int) -> dict:
     row["test_nll_one_mask"], row["test_nll_one_mask_se"] = evaluate(model, splits.test)
     if masks > 1:
         row["test_nll_ensemble"], row["test_nll_ensemble_se"] = evaluate(model, splits.test, ensemble=masks)
-    (folder / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_json(folder / "result.json", row)
     return row
 
 
@@ -125,7 +126,7 @@ def categorical_run(folder: Path, args, deadline: float) -> None:
     row = {"levels": args.levels, **restore_best(model, folder)}
     row["test_nll"], row["test_nll_se"] = evaluate(model, test_data)
     row["bits_per_dim"] = bits_per_dim(row["test_nll"], 784)
-    (folder / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+    write_json(folder / "result.json", row)
 
 
 def report(runs_dir: Path, out: Path, splits, args) -> None:
@@ -142,8 +143,8 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     categorical = runs_dir / f"categorical-{args.levels}" / "result.json"
     if categorical.exists():
         results["categorical"] = json.loads(categorical.read_text())
-    (out / "made_mnist.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "made_mnist.md").write_text(table(results))
+    write_json(out / "made_mnist.json", results)
+    write_text(out / "made_mnist.md", table(results))
     figure(results, out)
     name, hidden, masks = RUNS[0]  # Figure 3: samples of the one-mask 1x500 model
     one = runs_dir / name
@@ -199,7 +200,7 @@ def figure(results: dict, out: Path) -> None:
     right.set_ylabel("validation NLL (ensemble), nats")
     right.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "made_mnist_masks.png", dpi=110)
+    save_figure(fig, out / "made_mnist_masks.png", dpi=110)
     plt.close(fig)
 
 

@@ -39,6 +39,7 @@ import torch
 import flowkit
 from flowkit.data import load_power
 from flowkit.train import evaluate
+from flowkit.atomic import write_json, write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, curve, restore_best, unfinished  # noqa: E402
@@ -95,7 +96,7 @@ def main() -> None:
             row = restore_best(model, folder)
             nll, row["se"] = evaluate(model, splits.test, batch_size=10000)
             row["test_log_likelihood"] = -nll
-            (folder / "result.json").write_text(json.dumps(row, indent=2) + "\n")
+            write_json(folder / "result.json", row)
             print(name, json.dumps(row), flush=True)
         elif curve(folder):
             print(name, f"not finished: {len(curve(folder))} epochs", flush=True)
@@ -118,7 +119,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
         entry["curve"] = [[r["epoch"], r["train_nll"], r["valid_nll"]] for r in curve(folder)]
         results["runs"][name] = entry
     out.mkdir(parents=True, exist_ok=True)
-    (out / "maf_power.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "maf_power.json", results)
     lines = ["| model | published | ours, test (± s.e.) | best valid | epochs (best) | train time |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, r in results["runs"].items():
@@ -129,7 +130,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
                      f"{r['seconds'] / 60:.0f} min |")
     table = "\n".join(lines) + (f"\n\nLog-likelihoods in nats, higher is better; test set: {results['sizes'][2]:,} "
                                 f"points. Command: `{results['command']}` (resumable; one thread).\n")
-    (out / "maf_power.md").write_text(table)
+    write_text(out / "maf_power.md", table)
     print(table)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from flowkit.transforms import MaskedAutoregressive
+from flowkit.atomic import write_json  # noqa: E402
 
 
 def errors(layer, x, context):
@@ -47,7 +48,7 @@ def main() -> None:
         results[transformer] = {"inside": errors(layer, inside, context), "tails |x| in [10, 1000]": errors(layer, tails, context)}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "roundtrip.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "roundtrip.json", results)
     print(json.dumps(results, indent=2))
 
 

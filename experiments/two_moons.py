@@ -9,7 +9,6 @@ Writes ``experiments/results/two_moons.png`` (data and the three densities side 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch  # noqa: E402
 import flowkit  # noqa: E402
 from flowkit.data import two_moons  # noqa: E402
 from flowkit.plot import density_grid  # noqa: E402
+from flowkit.atomic import save_figure, write_json  # noqa: E402
 
 BOUNDS = (-3.5, 3.5, -2.5, 2.5)
 
@@ -76,8 +76,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out / "two_moons.png", dpi=110, bbox_inches="tight")
-    (out / "two_moons.json").write_text(json.dumps(results, indent=2) + "\n")
+    save_figure(fig, out / "two_moons.png", dpi=110, bbox_inches="tight")
+    write_json(out / "two_moons.json", results)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import flowkit
 from flowkit.data import binarized_mnist
 from flowkit.train import fit
 from flowkit.vi import amortized_iaf, elbo, log_weights
+from flowkit.atomic import write_json, write_text  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -154,9 +155,9 @@ def main() -> None:
     paired = {"elbo": de, "elbo_se": de_se, "iwae": di, "iwae_se": di_se}
     args.out.mkdir(parents=True, exist_ok=True)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    (args.out / "vae_mnist.json").write_text(json.dumps({"config": config, "torch": torch.__version__,
-                                                         "threads": torch.get_num_threads(), "rows": rows,
-                                                         "iaf_minus_diagonal": paired}, indent=2))
+    write_json(args.out / "vae_mnist.json", {"config": config, "torch": torch.__version__,
+                                             "threads": torch.get_num_threads(), "rows": rows,
+                                             "iaf_minus_diagonal": paired})
     lines = [
         "# VAE on binarized MNIST: diagonal-Gaussian vs IAF posterior",
         "",
@@ -174,7 +175,7 @@ def main() -> None:
                      f"| {r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |")
     lines += ["", f"IAF minus diagonal, paired over the same test images: ELBO {de:+.2f} ± {de_se:.2f} nats, "
               f"IWAE {di:+.2f} ± {di_se:.2f} nats."]
-    (args.out / "vae_mnist.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "vae_mnist.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
