@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.heads import Bernoulli
+from flowkit.validation import check_float, check_shape
 
 __all__ = ["IndependentBernoulli"]
 
@@ -22,6 +24,11 @@ class IndependentBernoulli(nn.Module):
 
     def __init__(self, train: Tensor, smoothing: float = 1.0):
         super().__init__()
+        if not isinstance(train, Tensor):
+            raise FlowkitTypeError(f"expected train to be a torch.Tensor, got {type(train).__name__}")
+        if train.dim() != 2 or len(train) == 0:
+            raise FlowkitValueError(f"expected train of shape (N, D) with N >= 1, got {tuple(train.shape)}")
+        smoothing = check_float("smoothing", smoothing, least=0)
         self.head = Bernoulli()
         x = self.head.validate(train).double()
         p = (x.sum(0) + smoothing) / (len(x) + 2 * smoothing)
@@ -30,5 +37,6 @@ class IndependentBernoulli(nn.Module):
 
     def log_prob(self, x: Tensor, ensemble: int | None = None) -> Tensor:
         """Log-probability in nats, ``x: (*batch, D)`` to ``(*batch,)``; ``ensemble`` is ignored."""
+        check_shape("x", x, self.log_p.shape[0])
         x = self.head.validate(x)
         return torch.where(x.bool(), self.log_p, self.log_q).sum(-1)

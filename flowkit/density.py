@@ -3,7 +3,6 @@ r"""Autoregressive densities: a MADE and a head, with exact ``log_prob``, sampli
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.engine import autoregressive
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head
 from flowkit.made import MADE
-from flowkit.validation import check_context, check_shape, checked
+from flowkit.validation import check_context, check_int, check_shape, checked, mask_keys
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
@@ -40,8 +40,12 @@ class AutoregressiveDensity(nn.Module):
 
     def __init__(self, made: MADE, head: Head):
         super().__init__()
+        if not isinstance(made, MADE):
+            raise FlowkitTypeError(f"expected made to be a flowkit.MADE, got {type(made).__name__}")
+        if not isinstance(head, Head):
+            raise FlowkitTypeError(f"expected head to be a flowkit.heads.Head, got {type(head).__name__}")
         if made.params != head.params or made.columns_per_feature != head.columns:
-            raise ValueError(
+            raise FlowkitValueError(
                 f"the head needs params={head.params} and columns_per_feature={head.columns}, "
                 f"the MADE has params={made.params} and columns_per_feature={made.columns_per_feature}"
             )
@@ -82,8 +86,8 @@ class AutoregressiveDensity(nn.Module):
             ``(*batch,)``, broadcast over the batch shapes of ``x`` and ``context``.
         """
         if keys is not None and ensemble is not None:
-            raise ValueError("expected ensemble (stored mask sets) or keys (mask keys), got both")
-        keys = None if keys is None else _check_keys(keys)
+            raise FlowkitValueError("expected ensemble (stored mask sets) or keys (mask keys), got both")
+        keys = None if keys is None else mask_keys(keys)
         x = self._check_x(x)
         check_context(context, self.context_features, x.shape[:-1])
         with checked():  # x and the context are read once, here, not again inside the network
@@ -175,10 +179,11 @@ class AutoregressiveDensity(nn.Module):
             The completed values, ``(*batch, D)`` (broadcast with the context's batch shape).
         """
         if not isinstance(observed, Tensor) or observed.dtype != torch.bool:
-            raise TypeError("expected observed to be a boolean tensor shaped like x")
-        if not isinstance(x, Tensor) or x.shape != observed.shape:
-            raise ValueError(
-                f"expected observed of the shape of x {tuple(getattr(x, 'shape', ()))}, "
+            raise FlowkitTypeError("expected observed to be a boolean tensor shaped like x")
+        check_shape("x", x, self.features)
+        if x.shape != observed.shape:
+            raise FlowkitValueError(
+                f"expected observed of the shape of x {tuple(x.shape)}, "
                 f"got {tuple(observed.shape)}"
             )
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -246,13 +251,7 @@ class AutoregressiveDensity(nn.Module):
 
     def _check_ensemble(self, ensemble: int) -> int:
         R = self.made.num_masks
-        try:
-            value = operator.index(ensemble) if not isinstance(ensemble, bool) else None
-        except TypeError:
-            value = None
-        if value is None or not 1 <= value <= R:
-            raise ValueError(f"expected ensemble in 1..{R} (the number of mask sets), got {ensemble!r}")
-        return value
+        return check_int("ensemble", ensemble, least=1, most=R, expected=f"in 1..{R} (the number of mask sets)")
 
     def _sample_batch(self, sample_shape: int | Sequence[int], context: Tensor | None) -> torch.Size:
         shape = as_sample_shape(sample_shape)
@@ -266,32 +265,6 @@ class AutoregressiveDensity(nn.Module):
     def _zeros(self, shape: torch.Size) -> Tensor:
         dtype = torch.long if isinstance(self.head, Categorical) else self._dtype
         return torch.zeros(*shape, self.features, dtype=dtype, device=self.made.layers[0].weight.device)
-
-
-def _check_keys(keys: int | Sequence[int]) -> list[int]:
-    """The list of mask keys that ``keys`` (a count ``R``: keys ``0..R-1``, or a sequence) names."""
-    count = _as_index(keys)
-    if count is not None:
-        if count < 1:
-            raise ValueError(f"expected keys to be a number of keys >= 1 or a sequence of keys, got {count}")
-        return list(range(count))
-    if isinstance(keys, Tensor):
-        keys = keys.tolist()
-    if isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence) or len(keys) == 0:
-        raise ValueError(f"expected keys to be a number of keys >= 1 or a non-empty sequence of keys, got {keys!r}")
-    named = [_as_index(key) for key in keys]
-    if any(key is None or key < 0 for key in named):
-        raise ValueError(f"expected every mask key to be an int >= 0, got {list(keys)!r}")
-    return named
-
-
-def _as_index(value: Any) -> int | None:
-    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dim() > 0):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 class BernoulliMADE(AutoregressiveDensity):
@@ -334,8 +307,8 @@ class CategoricalMADE(AutoregressiveDensity):
         self, features: int, categories: int, hidden_features: int | Sequence[int], **made_options: Any
     ):
         head = Categorical(categories)
-        made = MADE(features, hidden_features, params=categories,
-                    columns_per_feature=categories, **made_options)
+        made = MADE(features, hidden_features, params=head.categories,
+                    columns_per_feature=head.categories, **made_options)
         super().__init__(made, head)
 
 

@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitValueError
 from flowkit.made import MADE
-from flowkit.validation import check_context, check_finite, check_shape
+from flowkit.validation import check_context, check_finite, check_ints, check_shape
 
 __all__ = ["autoregressive"]
 
@@ -101,9 +102,9 @@ def autoregressive(
     order = made.orders[index].tolist()
     visit = set(order)
     if features is not None:
-        visit = {int(d) for d in features}
+        visit = set(check_ints("features", features, least=None, each="every feature"))
         if not visit <= set(order):
-            raise ValueError(f"expected features in 0..{made.features - 1}, got {sorted(visit - set(order))}")
+            raise FlowkitValueError(f"expected features in 0..{made.features - 1}, got {sorted(visit - set(order))}")
     check_shape("x", x, made.features)
     check_finite("x", x)
     check_context(context, made.context_features, x.shape[:-1])
@@ -350,7 +351,7 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
     values = space.values if flat.dtype == space.values.dtype else torch.empty(D, B, dtype=flat.dtype, device=flat.device)
     values.copy_(flat.T)
     rows = values.unbind(0)
-    params = space.params.T if len(batch) == 1 else space.params.T.reshape(*batch, -1)
+    params = space.params.T if len(batch) == 1 else space.params.T.reshape(*batch, space.params.shape[0])
     activate = _IN_PLACE.get(type(made.activation))
     residual = space.residual
     for t, d in enumerate(plan.order):

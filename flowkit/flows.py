@@ -22,8 +22,9 @@ from flowkit.transforms import (
     Transform,
 )
 from flowkit.transforms.autoregressive import Affine
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.transforms.base import check_features
-from flowkit.validation import check_context, check_finite, checked
+from flowkit.validation import check_context, check_finite, check_int, check_ints, check_option, checked
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
@@ -45,7 +46,7 @@ class StandardNormal(nn.Module):
 
     def __init__(self, features: int):
         super().__init__()
-        self.features = features
+        self.features = check_int("features", features, least=1)
         self.register_buffer("_origin", torch.zeros(features), persistent=False)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -88,8 +89,9 @@ class DiagonalNormal(nn.Module):
 
     def __init__(self, features: int, context_features: int = 0, *, eps: float = 1e-3, seed: int | None = None):
         super().__init__()
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"expected features to be an int >= 1, got {features!r}")
+        features = check_int("features", features, least=1)
+        context_features = check_int("context_features", context_features, least=0)
+        seed = None if seed is None else check_int("seed", seed, least=None)
         self.features, self.context_features = features, context_features
         self.affine = Affine(eps)
         identity = self.affine.identity_params().to(torch.get_default_dtype())  # unit scale, zero shift
@@ -108,7 +110,7 @@ class DiagonalNormal(nn.Module):
     def _params(self, context: Tensor | None) -> Tensor:
         if not self.context_features:
             return self.params
-        return self.linear(context).unflatten(-1, (self.features, 2))
+        return self.linear(context.to(self.linear.weight.dtype)).unflatten(-1, (self.features, 2))
 
     def loc_scale(self, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The mean and the standard deviations, each of shape ``context.shape[:-1] + (D,)``."""
@@ -118,8 +120,10 @@ class DiagonalNormal(nn.Module):
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         check_features("z", z, self.features)
+        check_finite("z", z)
         check_context(context, self.context_features, z.shape[:-1])
-        noise, logabsdet = self.affine.inverse(z, self._params(context))
+        params = self._params(context)
+        noise, logabsdet = self.affine.inverse(z.to(params.dtype), params)
         return _standard_normal_log_prob(noise) + logabsdet.sum(-1)
 
     def sample_and_log_prob(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
@@ -169,6 +173,23 @@ class Flow(nn.Module):
 
     def __init__(self, transform: Transform, base: nn.Module, context_features: int = 0):
         super().__init__()
+        if not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
+            raise FlowkitTypeError(
+                f"expected transform to be a flowkit Transform (a module with forward and inverse), "
+                f"got {type(transform).__name__}"
+            )
+        if not isinstance(base, nn.Module) or not hasattr(base, "features") or not hasattr(base, "log_prob"):
+            raise FlowkitTypeError(
+                f"expected base to be a density module with features, log_prob and sample (such as "
+                f"StandardNormal or MADEMoG), got {type(base).__name__}"
+            )
+        context_features = check_int("context_features", context_features, least=0)
+        conditional = getattr(base, "context_features", 0)
+        if conditional and conditional != context_features:
+            raise FlowkitValueError(
+                f"the base is conditional with context_features={conditional} but the flow has "
+                f"context_features={context_features}: expected the same width (or an unconditional base)"
+            )
         self.transform = transform
         self.base = base
         self.features = base.features
@@ -281,12 +302,13 @@ def _flow(inverse, features, transforms, hidden_features, transformer, context_f
 
 def _layers(features: int, transforms: int, hidden_features, transformer, context_features, batch_norm,
             permutation, linear, identity_init, seed, inverse, transformer_options, made_options) -> Composite:
-    if isinstance(transforms, bool) or not isinstance(transforms, int) or transforms < 1:
-        raise ValueError(f"expected transforms to be an int >= 1, got {transforms!r}")
-    if permutation not in ("reverse", "random", None):
-        raise ValueError(f"expected permutation 'reverse', 'random' or None, got {permutation!r}")
-    if linear not in ("lu", None):
-        raise ValueError(f"expected linear 'lu' or None, got {linear!r}")
+    features = check_int("features", features, least=1)
+    transforms = check_int("transforms", transforms, least=1)
+    check_ints("hidden_features", hidden_features, least=1, each="every hidden width", expected=">= 1")
+    context_features = check_int("context_features", context_features, least=0)
+    check_option("permutation", permutation, ("reverse", "random", None))
+    check_option("linear", linear, ("lu", None))
+    seed = None if seed is None else check_int("seed", seed, least=None)
     layers: list[Transform] = []
     for i in range(transforms):
         if i > 0 and permutation == "reverse":

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowkit.validation import check_finite, raise_not_finite, require, validation_enabled
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.validation import check_finite, check_float, check_int, raise_not_finite, require, validation_enabled
 
 __all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
 
@@ -85,7 +86,7 @@ class Bernoulli(Head):
         if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
             raise_not_finite("x", x)
         bad = x[(x != 0) & (x != 1)].flatten()[:3].tolist()
-        raise ValueError(f"expected binary values 0 or 1 for a Bernoulli model, got {bad}")
+        raise FlowkitValueError(f"expected binary values 0 or 1 for a Bernoulli model, got {bad}")
 
     def encode(self, x: Tensor) -> Tensor:
         return x
@@ -120,8 +121,7 @@ class Categorical(Head):
 
     def __init__(self, categories: int):
         super().__init__()
-        if isinstance(categories, bool) or not isinstance(categories, int) or categories < 2:
-            raise ValueError(f"expected categories to be an int >= 2, got {categories!r}")
+        categories = check_int("categories", categories, least=2)
         self.categories = categories
         self.params = categories
         self.columns = categories
@@ -129,7 +129,9 @@ class Categorical(Head):
 
     def validate(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
-            raise TypeError("expected integer category indices for a categorical model, got dtype torch.bool")
+            raise FlowkitTypeError(
+                "expected x to be integer category indices for a categorical model, got dtype torch.bool"
+            )
         if validation_enabled():
             inside = (x >= 0) & (x < self.categories)  # one pass and one read: NaN is not inside
             if x.dtype.is_floating_point:
@@ -143,9 +145,9 @@ class Categorical(Head):
                 raise_not_finite("x", x)
             if not bool((x == x.round()).all()):
                 bad = x[x != x.round()].flatten()[:3].tolist()
-                raise ValueError(f"expected integer category indices, got non-integer values {bad}")
+                raise FlowkitValueError(f"expected integer category indices, got non-integer values {bad}")
         bad = x[(x < 0) | (x >= self.categories)].flatten()[:3].tolist()
-        raise ValueError(f"expected categories in 0..{self.categories - 1}, got values {bad}")
+        raise FlowkitValueError(f"expected categories in 0..{self.categories - 1}, got values {bad}")
 
     def encode(self, x: Tensor) -> Tensor:
         return F.one_hot(x.long(), self.categories).flatten(-2).float()
@@ -189,10 +191,8 @@ class GaussianMixture(Head):
 
     def __init__(self, components: int, eps: float = 1e-3):
         super().__init__()
-        if isinstance(components, bool) or not isinstance(components, int) or components < 1:
-            raise ValueError(f"expected components to be an int >= 1, got {components!r}")
-        if eps <= 0:
-            raise ValueError(f"expected eps > 0, got {eps}")
+        components = check_int("components", components, least=1)
+        eps = check_float("eps", eps, above=0)
         self.components, self.eps = components, eps
         self.params = 3 * components
         self.noise_size = components + 1

@@ -12,7 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from flowkit import masks as M
-from flowkit.validation import check_context, check_finite, check_shape
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.validation import (
+    check_context, check_finite, check_float, check_int, check_ints, check_option, check_shape,
+)
 
 __all__ = ["MADE", "MaskedLinear", "ConnectivityWarning"]
 
@@ -219,31 +222,32 @@ class MADE(nn.Module):
         strict: bool = False,
     ):
         super().__init__()
-        hidden = [hidden_features] if isinstance(hidden_features, int) else list(hidden_features)
-        for name, value in [("features", features), ("params", params),
-                            ("num_masks", num_masks), ("columns_per_feature", columns_per_feature)]:
-            M._check_positive(name, value)
-        for width in hidden:
-            M._check_positive("every hidden width", width)
-        if isinstance(context_features, bool) or not isinstance(context_features, int) or context_features < 0:
-            raise ValueError(f"expected context_features to be an int >= 0, got {context_features!r}")
-        if isinstance(residual_blocks, bool) or not isinstance(residual_blocks, int) or residual_blocks < 0:
-            raise ValueError(f"expected residual_blocks to be an int >= 0, got {residual_blocks!r}")
+        features, params, num_masks, columns_per_feature = (
+            check_int(name, value, least=1, expected=">= 1")
+            for name, value in [("features", features), ("params", params), ("num_masks", num_masks),
+                                ("columns_per_feature", columns_per_feature)]
+        )
+        hidden = check_ints("hidden_features", hidden_features, least=1, each="every hidden width",
+                            expected=">= 1")
+        context_features = check_int("context_features", context_features, least=0)
+        residual_blocks = check_int("residual_blocks", residual_blocks, least=0)
         if residual_blocks and len(hidden) != 1:
-            raise ValueError(
+            raise FlowkitValueError(
                 f"expected hidden_features to be one width (an int or a one-element list) with "
                 f"residual_blocks={residual_blocks}, got {hidden_features!r}"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"expected dropout to be a probability in [0, 1), got {dropout!r}")
+        dropout = check_float("dropout", dropout, least=0, below=1, expected="to be a probability in [0, 1)")
+        check_option("hidden_degrees", hidden_degrees, M.RULES)
+        seed = None if seed is None else check_int("seed", seed, least=None)
+        elementwise = _activation(activation)
 
         self.features = features
         self.params = params
         self.context_features = context_features
         self.columns_per_feature = columns_per_feature
-        self.hidden_features = tuple(hidden)
+        self.hidden_features = hidden
         self.residual_blocks = residual_blocks
-        self.dropout = float(dropout)
+        self.dropout = dropout
         self.order_agnostic = bool(order_agnostic)
         self.degree_rule = hidden_degrees
 
@@ -273,7 +277,7 @@ class MADE(nn.Module):
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self.register_buffer("mask_seed", torch.tensor(mask_seed, dtype=torch.long))
         self._index = 0
-        self.activation = activation()
+        self.activation = elementwise
 
         def linear(i: int, gain: float = 1.0) -> MaskedLinear:
             return MaskedLinear(torch.stack([s[i] for s in mask_sets]), generator=generator, gain=gain)
@@ -316,7 +320,7 @@ class MADE(nn.Module):
                 f"hidden_degrees='even' or direct=True"
             )
             if strict:
-                raise ValueError(message)
+                raise FlowkitValueError(message)
             warnings.warn(message, ConnectivityWarning, stacklevel=_caller_stacklevel())
 
     def train(self, mode: bool = True) -> MADE:
@@ -349,9 +353,7 @@ class MADE(nn.Module):
         self.mask_index.fill_(self._index)
 
     def _check_mask(self, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_masks:
-            raise ValueError(f"expected a mask index in 0..{self.num_masks - 1}, got {index!r}")
-        return index
+        return check_int("mask index", index, least=0, most=self.num_masks - 1)
 
     def next_mask(self) -> int:
         """Moves to the next mask set, cycling, and returns its index."""
@@ -498,6 +500,27 @@ class MADE(nn.Module):
 
 
 _BLOCK_SCALE = 1e-3  # the initial scale of a residual block's second layer
+
+
+def _activation(factory: Callable[[], nn.Module]) -> nn.Module:
+    """The activation module that ``factory`` (a class such as ``nn.ReLU``, or a function) makes."""
+    if isinstance(factory, nn.Module) or not callable(factory):
+        got = f"the module {factory!r}" if isinstance(factory, nn.Module) else f"{type(factory).__name__} {factory!r}"
+        raise FlowkitTypeError(
+            f"expected activation to be a factory of the nonlinearity, such as nn.ReLU (the class), got {got}"
+        )
+    try:
+        module = factory()
+    except TypeError as error:
+        raise FlowkitTypeError(
+            f"expected activation to be a factory of the nonlinearity, such as nn.ReLU; "
+            f"activation() failed: {error}"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise FlowkitTypeError(
+            f"expected activation() to return a torch.nn.Module, got {type(module).__name__}"
+        )
+    return module
 
 
 def _caller_stacklevel() -> int:

@@ -23,12 +23,14 @@ Conventions:
 from __future__ import annotations
 
 import hashlib
-import operator
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import BoolTensor, LongTensor, Tensor
+
+from flowkit.errors import FlowkitValueError
+from flowkit.validation import check_int, check_ints, check_option, check_permutation
 
 __all__ = [
     "ordering",
@@ -45,6 +47,7 @@ __all__ = [
 
 OrderSpec = Literal["natural", "reverse", "random"] | Sequence[int] | Tensor
 DegreeRule = Literal["random", "even"]
+RULES = ("random", "even")
 
 
 def ordering(
@@ -64,7 +67,7 @@ def ordering(
         >>> ordering(3, [2, 0, 1]).tolist()
         [2, 0, 1]
     """
-    _check_positive("features", features)
+    features = check_int("features", features, least=1)
     if isinstance(order, str):
         if order == "natural":
             return torch.arange(features)
@@ -72,24 +75,10 @@ def ordering(
             return torch.arange(features - 1, -1, -1)
         if order == "random":
             return torch.randperm(features, generator=generator)
-        raise ValueError(
+        raise FlowkitValueError(
             f"expected order 'natural', 'reverse', 'random' or a permutation, got {order!r}"
         )
-    explicit = torch.as_tensor(order)
-    if explicit.dim() != 1 or explicit.numel() != features:
-        raise ValueError(
-            f"expected order to be a permutation of 0..{features - 1}, got shape {tuple(explicit.shape)}"
-        )
-    if explicit.dtype.is_floating_point or explicit.dtype == torch.bool:
-        raise TypeError(f"expected an integer ordering, got dtype {explicit.dtype}")
-    explicit = explicit.long()
-    if not torch.equal(
-        explicit.sort().values, torch.arange(features)
-    ):
-        raise ValueError(
-            f"expected order to be a permutation of 0..{features - 1}, got {explicit.tolist()}"
-        )
-    return explicit
+    return check_permutation("order", order, features)
 
 
 def input_degrees(order: Tensor) -> LongTensor:
@@ -131,14 +120,15 @@ def hidden_degrees(
         >>> hidden_degrees(6, 4, 1, "even").tolist()
         [1, 1, 2, 2, 3, 3]
     """
-    _check_positive("hidden width", width)
+    check_option("hidden degree rule", rule, RULES)
+    width = check_int("hidden width", width, least=1, expected=">= 1")
+    features = check_int("features", features, least=1)
+    lowest = check_int("lowest", lowest, least=0)
     high = max(lowest, features - 1)
     span = high - lowest + 1
     if rule == "random":
         return torch.randint(lowest, high + 1, (width,), generator=generator)
-    if rule == "even":
-        return lowest + torch.arange(width) * span // width
-    raise ValueError(f"expected hidden degree rule 'random' or 'even', got {rule!r}")
+    return lowest + torch.arange(width) * span // width
 
 
 def hidden_mask(degrees_out: Tensor, degrees_in: Tensor) -> BoolTensor:
@@ -196,13 +186,17 @@ def made_masks(
         >>> [tuple(m.shape) for m in masks]
         [(4, 3), (4, 4), (4, 4), (3, 4)]
     """
+    order = ordering(order.numel() if isinstance(order, Tensor) else len(order), order)
     features = order.numel()
-    _check_positive("params", params)
-    _check_positive("columns_per_feature", columns_per_feature)
-    if isinstance(residual_blocks, bool) or not isinstance(residual_blocks, int) or residual_blocks < 0:
-        raise ValueError(f"expected residual_blocks to be an int >= 0, got {residual_blocks!r}")
+    hidden_features = check_ints("hidden_features", hidden_features, least=1, each="every hidden width",
+                                 expected=">= 1")
+    params = check_int("params", params, least=1, expected=">= 1")
+    columns_per_feature = check_int("columns_per_feature", columns_per_feature, least=1, expected=">= 1")
+    context_features = check_int("context_features", context_features, least=0)
+    residual_blocks = check_int("residual_blocks", residual_blocks, least=0)
+    check_option("hidden degree rule", rule, RULES)
     if residual_blocks and len(hidden_features) != 1:
-        raise ValueError(
+        raise FlowkitValueError(
             f"expected one hidden width with residual_blocks={residual_blocks}, got {list(hidden_features)}"
         )
     degrees = input_degrees(order)
@@ -289,24 +283,8 @@ def key_generator(seed: int, key: int) -> torch.Generator:
         >>> key_generator(0, 7).initial_seed() != key_generator(0, 8).initial_seed()
         True
     """
-    seed, key = _as_int("seed", seed), _as_int("key", key)
-    if key < 0:
-        raise ValueError(f"expected a mask key >= 0, got {key}")
+    seed = check_int("seed", seed, least=None)
+    key = check_int("mask key", key, least=0, expected=">= 0")
     digest = hashlib.sha256(f"flowkit mask key {seed} {key}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
-
-def _as_int(name: str, value: int) -> int:
-    if not isinstance(value, bool):
-        try:
-            return operator.index(value)
-        except TypeError:
-            pass
-    raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"expected {name} >= 1, got {value}")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from flowkit.atomic import atomic_path, load_torch, save_torch
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
+from flowkit.validation import check_float, check_int
 
 __all__ = ["History", "fit", "evaluate", "check_resume"]
 
@@ -276,7 +277,7 @@ def evaluate(
         raise FlowkitTypeError(f"expected data to be a torch.Tensor, got {type(data).__name__}")
     if data.dim() < 1 or len(data) == 0:
         raise FlowkitValueError(f"expected data with at least one row to score, got shape {tuple(data.shape)}")
-    batch_size = _check_int("batch_size", batch_size, least=1)
+    batch_size = check_int("batch_size", batch_size, least=1)
     was_training = model.training
     model.eval()
     device = _device_of(model)
@@ -318,18 +319,13 @@ def _settings(train: Tensor, valid: Tensor | None, **options: Any) -> dict[str, 
     if options["masks"] not in MASK_MODES:
         raise FlowkitValueError(f"expected masks in {MASK_MODES}, got {options['masks']!r}")
     for name, least in (("epochs", 0), ("batch_size", 1), ("patience", 0), ("seed", None)):
-        options[name] = _check_int(name, options[name], least=least)
+        options[name] = check_int(name, options[name], least=least)
     if options["ensemble"] is not None:
-        options["ensemble"] = _check_int("ensemble", options["ensemble"], least=1)
-    for name in ("lr", "weight_decay", "clip"):
-        value = options[name]
-        if value is None and name == "clip":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FlowkitTypeError(f"expected {name} to be a number, got {type(value).__name__}")
-        if not (value >= 0 if name == "weight_decay" else value > 0) or value == math.inf:
-            raise FlowkitValueError(f"expected {name} {'>= 0' if name == 'weight_decay' else '> 0'} and finite, "
-                                    f"got {value!r}")
+        options["ensemble"] = check_int("ensemble", options["ensemble"], least=1)
+    options["lr"] = check_float("lr", options["lr"], above=0)
+    options["weight_decay"] = check_float("weight_decay", options["weight_decay"], least=0)
+    if options["clip"] is not None:
+        options["clip"] = check_float("clip", options["clip"], above=0)
     if options["lr_schedule"] == "plateau" and valid is None:
         raise FlowkitValueError("lr_schedule='plateau' needs validation data, got valid=None")
     for name, data in (("train", train), ("valid", valid)):
@@ -445,15 +441,3 @@ def _write_log(path: str | Path, log_format: str, rows: list[dict[str, Any]]) ->
             writer.writeheader()
             writer.writerows(rows)
 
-
-def _check_int(name: str, value: Any, *, least: int | None = 0) -> int:  # TEMPORARY until validation.check_int
-    import operator
-    if isinstance(value, bool):
-        raise FlowkitTypeError(f"expected {name} to be an integer, got bool {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise FlowkitTypeError(f"expected {name} to be an integer, got {type(value).__name__} {value!r}") from None
-    if least is not None and value < least:
-        raise FlowkitValueError(f"expected {name} to be an integer >= {least}, got {value}")
-    return value

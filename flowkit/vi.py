@@ -27,7 +27,6 @@ A posterior is any of
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -35,9 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.flows import IAF, DiagonalNormal, Flow, FlowDistribution
 from flowkit.transforms import Composite
-from flowkit.validation import validation_enabled
+from flowkit.validation import check_int, validation_enabled
 
 __all__ = ["log_weights", "elbo", "iwae", "reverse_kl", "amortized_iaf"]
 
@@ -77,22 +77,24 @@ def log_weights(
         >>> log_weights(log_p, q, 5).abs().max().item()   # q is p: every weight is 1
         0.0
     """
-    samples = _count(samples)
+    samples = check_int("samples", samples, least=1, expected=">= 1")
+    if not callable(log_joint):
+        raise FlowkitTypeError(f"expected log_joint to be a function z -> log p(x, z), got {type(log_joint).__name__}")
     if chunk is not None:
-        size = _count(chunk, "chunk")
+        size = check_int("chunk", chunk, least=1, expected=">= 1")
         return torch.cat([log_weights(log_joint, posterior, min(size, samples - start), context=context)
                           for start in range(0, samples, size)])
     z, log_q = _draw(posterior, samples, context)
     log_p = log_joint(z)
     if not isinstance(log_p, Tensor) or log_p.shape != log_q.shape:
         got = tuple(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
-        raise ValueError(
+        raise FlowkitValueError(
             f"expected log_joint(z) for z of shape {tuple(z.shape)} to return shape {tuple(log_q.shape)} "
             f"(samples, *batch), got {got}; a torch posterior over a vector needs event_shape (D,), "
             "e.g. Independent(Normal(loc, scale), 1)"
         )
     if validation_enabled() and bool(torch.isnan(log_p).any()):
-        raise ValueError("log_joint(z) returned NaN")
+        raise FlowkitValueError("log_joint(z) returned NaN")
     return log_p - log_q
 
 
@@ -196,49 +198,45 @@ def amortized_iaf(
         >>> z.shape, log_q.shape
         (torch.Size([10, 3, 7, 2]), torch.Size([10, 3, 7]))
     """
-    if isinstance(context_features, bool) or not isinstance(context_features, int) or context_features < 1:
-        raise ValueError(f"expected context_features to be an int >= 1 (the encoder's output), got {context_features!r}")
-    if isinstance(transforms, bool) or not isinstance(transforms, int) or transforms < 0:
-        raise ValueError(f"expected transforms to be an int >= 0, got {transforms!r}")
+    context_features = check_int("context_features", context_features, least=1,
+                                 expected="to be an int >= 1 (the encoder's output)")
+    transforms = check_int("transforms", transforms, least=0)
+    seed = None if seed is None else check_int("seed", seed, least=None)
+    if transforms == 0 and (options or _given(hidden_features)):
+        raise FlowkitValueError(
+            "transforms=0 is the diagonal Gaussian alone: it takes no hidden_features or IAF options"
+        )
+    if transforms > 0 and not _given(hidden_features):
+        raise FlowkitValueError("expected hidden_features, the widths of each IAF step's MADE")
     base = DiagonalNormal(features, context_features, seed=seed)
     if transforms == 0:
-        if options or hidden_features:
-            raise ValueError("transforms=0 is the diagonal Gaussian alone: it takes no hidden_features or IAF options")
         return Flow(Composite([]), base, context_features)
-    if not hidden_features:
-        raise ValueError("expected hidden_features, the widths of each IAF step's MADE")
     return IAF(features, transforms, hidden_features, transformer=transformer, context_features=context_features,
                permutation=permutation, base=base, seed=None if seed is None else seed + 1, **options)
 
 
-def _count(value: int, name: str = "samples") -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"expected {name} to be an int, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"expected {name} >= 1, got {value}")
-    return value
+def _given(hidden_features: int | Sequence[int]) -> bool:
+    """Whether hidden widths were given: an int, or a non-empty sequence (``()`` is the default)."""
+    return not (isinstance(hidden_features, Sequence) and not isinstance(hidden_features, str)
+                and len(hidden_features) == 0)
 
 
 def _draw(posterior: Posterior, samples: int, context: Tensor | None) -> tuple[Tensor, Tensor]:
     """``samples`` reparameterised draws of the posterior and their log-densities, ``(samples, *batch)``."""
     if isinstance(posterior, FlowDistribution):
         if context is not None:
-            raise ValueError("flow.distribution(context) already holds its context; pass no context")
+            raise FlowkitValueError("flow.distribution(context) already holds its context; pass no context")
         posterior, context = posterior.flow, posterior.context
     if isinstance(posterior, Distribution):
         if context is not None:
-            raise ValueError(
+            raise FlowkitValueError(
                 f"a torch distribution ({type(posterior).__name__}) holds its own parameters and takes no "
                 "context; context is for flowkit posteriors"
             )
         if posterior.has_rsample:
             z = posterior.rsample((samples,))
         elif torch.is_grad_enabled():
-            raise ValueError(
+            raise FlowkitValueError(
                 f"the posterior {type(posterior).__name__} has no rsample: the bounds are reparameterised "
                 "estimators; use a reparameterisable posterior, or evaluate under torch.no_grad()"
             )
@@ -247,7 +245,7 @@ def _draw(posterior: Posterior, samples: int, context: Tensor | None) -> tuple[T
         return z, posterior.log_prob(z)
     if hasattr(posterior, "sample_and_log_prob"):
         return posterior.sample_and_log_prob(samples, context)
-    raise TypeError(
+    raise FlowkitTypeError(
         "expected the posterior to be a flowkit Flow or DiagonalNormal or a torch Distribution, "
         f"got {type(posterior).__name__}"
     )

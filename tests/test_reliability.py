@@ -213,13 +213,13 @@ def test_empty_data_is_refused_by_fit_and_evaluate():
 
 
 @pytest.mark.parametrize("option,value,expected", [
-    ("epochs", -1, "expected epochs to be an integer >= 0, got -1"),
-    ("batch_size", 0, "expected batch_size to be an integer >= 1, got 0"),
-    ("batch_size", 2.5, "expected batch_size to be an integer, got float"),
-    ("patience", True, "expected patience to be an integer, got bool"),
-    ("lr", 0.0, "expected lr > 0"),
-    ("lr", float("nan"), "expected lr > 0"),
-    ("clip", -1.0, "expected clip > 0"),
+    ("epochs", -1, "expected epochs to be an int >= 0, got -1"),
+    ("batch_size", 0, "expected batch_size to be an int >= 1, got 0"),
+    ("batch_size", 2.5, "expected batch_size to be an int >= 1, got float 2.5"),
+    ("patience", True, "expected patience to be an int >= 0, got bool True"),
+    ("lr", 0.0, "expected lr to be a finite number > 0, got 0.0"),
+    ("lr", float("nan"), "expected lr to be a finite number > 0, got nan"),
+    ("clip", -1.0, "expected clip to be a finite number > 0, got -1.0"),
 ])
 def test_fit_names_a_bad_option(option, value, expected):
     model = flowkit.BernoulliMADE(3, [8], seed=0)

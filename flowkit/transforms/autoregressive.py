@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.engine import autoregressive
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import MADE
 from flowkit.transforms.base import Transform, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
-from flowkit.validation import check_context, check_finite
+from flowkit.validation import check_context, check_finite, check_float, check_option
 
 __all__ = ["Affine", "MaskedAutoregressive", "make_transformer", "IDENTITY_WEIGHT_BOUND"]
 
@@ -46,9 +47,7 @@ class Affine(nn.Module):
 
     def __init__(self, eps: float = 1e-3):
         super().__init__()
-        if eps <= 0:
-            raise ValueError(f"expected eps > 0, got {eps}")
-        self.eps = eps
+        self.eps = check_float("eps", eps, above=0)
 
     def identity_params(self) -> Tensor:
         r"""The parameters of the identity, ``(2,)``: :math:`u` with
@@ -61,7 +60,7 @@ class Affine(nn.Module):
             (0.7, True)
         """
         if self.eps >= 1:
-            raise ValueError(f"a scale softplus(u) + eps with eps = {self.eps} >= 1 cannot be 1: no identity")
+            raise FlowkitValueError(f"a scale softplus(u) + eps with eps = {self.eps} >= 1 cannot be 1: no identity")
         return torch.tensor([math.log(math.expm1(1.0 - self.eps)), 0.0], dtype=torch.float64)
 
     def _scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,15 +78,29 @@ class Affine(nn.Module):
 def make_transformer(transformer: str | nn.Module, **options: Any) -> nn.Module:
     """An elementwise transformer from its name (``"affine"`` or ``"spline"``) and options."""
     if isinstance(transformer, nn.Module):
+        missing = [name for name in ("params", "forward", "inverse") if not hasattr(transformer, name)]
+        if missing:
+            raise FlowkitTypeError(
+                f"expected the transformer module to have params, forward(x, params) and inverse(y, params); "
+                f"{type(transformer).__name__} has no {', '.join(missing)}"
+            )
         return transformer
+    check_option("transformer", transformer, ("affine", "spline"))
+    known = {"affine": {"eps"}, "spline": set(_SPLINE_OPTIONS)}[transformer]
     if transformer == "affine":
-        spline_only = sorted(set(options) & {"bins", "bound", "min_bin_width", "min_bin_height", "min_derivative"})
+        spline_only = sorted(set(options) & set(_SPLINE_OPTIONS))
         if spline_only:
-            raise ValueError(f"{', '.join(spline_only)} apply to the spline transformer, not to 'affine'")
-        return Affine(**options)
-    if transformer == "spline":
-        return RationalQuadraticSpline(**options)
-    raise ValueError(f"expected transformer 'affine' or 'spline', got {transformer!r}")
+            raise FlowkitValueError(f"{', '.join(spline_only)} apply to the spline transformer, not to 'affine'")
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise FlowkitTypeError(
+            f"unexpected option(s) {', '.join(unknown)} for the {transformer!r} transformer; "
+            f"it takes {', '.join(sorted(known))}"
+        )
+    return Affine(**options) if transformer == "affine" else RationalQuadraticSpline(**options)
+
+
+_SPLINE_OPTIONS = ("bins", "bound", "min_bin_width", "min_bin_height", "min_derivative")
 
 
 class MaskedAutoregressive(Transform):

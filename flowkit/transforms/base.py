@@ -6,13 +6,19 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.validation import check_shape
 
 __all__ = ["Transform", "Composite", "Inverse", "InputOutsideDomain"]
 
 
-class InputOutsideDomain(ValueError):
-    """A transform was given a value outside the set it is defined on."""
+class InputOutsideDomain(FlowkitValueError):
+    """A transform was given a value outside the set it is defined on (as
+    :func:`flowkit.data.logit_transform` is for a value outside :math:`[0, 1]`).
+
+    The transforms of :mod:`flowkit.transforms` are defined on the whole real line (the spline has
+    linear tails), so none of them raises it; it names the error for transforms that have a domain.
+    """
 
 
 class Transform(nn.Module):
@@ -48,6 +54,7 @@ class Composite(Transform):
         self.transforms = nn.ModuleList(transforms)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_tensor("x", x)
         total = x.new_zeros(())
         for transform in self.transforms:
             x, logabsdet = transform(x, context)
@@ -55,6 +62,7 @@ class Composite(Transform):
         return x, total.expand(x.shape[:-1])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_tensor("y", y)
         total = y.new_zeros(())
         for transform in reversed(self.transforms):
             y, logabsdet = transform.inverse(y, context)
@@ -79,10 +87,15 @@ class Inverse(Transform):
         return self.transform(y, context)
 
 
+def _check_tensor(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise FlowkitTypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
+
+
 def check_features(name: str, x: Tensor, features: int) -> None:
     """Raises when ``x`` is not a floating tensor of shape ``(*, features)``."""
     check_shape(name, x, features)
     if not x.dtype.is_floating_point:
-        raise TypeError(f"expected {name} to be a floating tensor, got dtype {x.dtype}")
+        raise FlowkitTypeError(f"expected {name} to be a floating tensor, got dtype {x.dtype}")
 
 

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowkit import masks as M
 from flowkit.transforms.base import Transform, check_features
-from flowkit.validation import check_finite
+from flowkit.validation import check_finite, check_float, check_int, check_permutation
 
 __all__ = ["LULinear"]
 
@@ -69,13 +68,11 @@ class LULinear(Transform):
 
     def __init__(self, features: int, permutation: Sequence[int] | Tensor | None = None, *, eps: float = 1e-3):
         super().__init__()
-        M._check_positive("features", features)
-        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1):
-            raise ValueError(f"expected eps in (0, 1), got {eps!r}")
-        self.features, self.eps = features, float(eps)
+        features = check_int("features", features, least=1)
+        self.features, self.eps = features, check_float("eps", eps, above=0, below=1)
         if permutation is None:
             permutation = torch.arange(features)
-        perm = M.ordering(features, torch.as_tensor(permutation))
+        perm = check_permutation("permutation", permutation, features)
         self.register_buffer("permutation", perm)
         self.register_buffer("inverse_permutation", torch.argsort(perm))
         # Strictly below the diagonal: L's entries; strictly above: U's; the diagonal is unused.

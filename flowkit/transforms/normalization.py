@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitValueError
 from flowkit.transforms.base import Transform, check_features
-from flowkit.validation import check_finite
+from flowkit.validation import check_finite, check_float, check_int
 
 __all__ = ["BatchNorm"]
 
@@ -36,10 +37,9 @@ class BatchNorm(Transform):
 
     def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"expected momentum in (0, 1], got {momentum}")
-        if eps <= 0:
-            raise ValueError(f"expected eps > 0, got {eps}")
+        features = check_int("features", features, least=1)
+        momentum = check_float("momentum", momentum, above=0, most=1)
+        eps = check_float("eps", eps, above=0)
         self.features, self.eps, self.momentum = features, eps, momentum
         self.log_gamma = nn.Parameter(torch.zeros(features))
         self.beta = nn.Parameter(torch.zeros(features))
@@ -53,11 +53,19 @@ class BatchNorm(Transform):
         if self.training:
             flat = x.reshape(-1, self.features)
             if flat.shape[0] < 2:
-                raise ValueError("BatchNorm in training mode needs a batch of at least 2 examples")
+                raise FlowkitValueError(
+                    f"BatchNorm in training mode needs a batch of at least 2 examples, got {flat.shape[0]}"
+                )
             mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(flat.var(0, unbiased=True).detach(), self.momentum)
+                # A batch whose statistics overflow (values near the dtype's largest) leaves the
+                # running averages of those features as they were, so the layer stays usable.
+                fresh_mean, fresh_var = mean.detach(), flat.var(0, unbiased=True).detach()
+                usable = fresh_mean.isfinite() & fresh_var.isfinite()
+                self.running_mean.copy_(torch.where(usable, self.running_mean.lerp(fresh_mean, self.momentum),
+                                                    self.running_mean))
+                self.running_var.copy_(torch.where(usable, self.running_var.lerp(fresh_var, self.momentum),
+                                                   self.running_var))
         else:
             mean, var = self.running_mean, self.running_var
         y = (x - mean) / torch.sqrt(var + self.eps) * torch.exp(self.log_gamma) + self.beta

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from flowkit import masks as M
 from flowkit.transforms.base import Transform, check_features
+from flowkit.validation import check_int, check_permutation
 
 __all__ = ["Permutation", "ReversePermutation", "RandomPermutation"]
 
@@ -27,8 +28,7 @@ class Permutation(Transform):
 
     def __init__(self, permutation: Sequence[int] | Tensor):
         super().__init__()
-        order = torch.as_tensor(permutation)
-        perm = M.ordering(max(order.numel(), 1), order)
+        perm = check_permutation("permutation", permutation)
         self.register_buffer("permutation", perm)
         self.register_buffer("inverse_permutation", torch.argsort(perm))
 
@@ -56,5 +56,5 @@ class RandomPermutation(Permutation):
     """A random permutation drawn once from ``seed`` (or torch's global generator)."""
 
     def __init__(self, features: int, seed: int | None = None):
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        generator = None if seed is None else torch.Generator().manual_seed(check_int("seed", seed, least=None))
         super().__init__(M.ordering(features, "random", generator))

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.validation import check_float, check_int
+
 __all__ = ["rational_quadratic_spline", "RationalQuadraticSpline"]
 
 
@@ -76,12 +79,18 @@ def rational_quadratic_spline(
         >>> torch.allclose(z, x, atol=1e-5), torch.allclose(inv_ladj, -ladj, atol=1e-5)
         (True, True)
     """
+    for name, tensor in (("x", x), ("params", params)):
+        if not isinstance(tensor, Tensor) or not tensor.dtype.is_floating_point:
+            got = f"dtype {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise FlowkitTypeError(f"expected {name} to be a floating tensor, got {got}")
     if params.dim() == 0:
-        raise ValueError("expected params of shape (*x.shape, 3K - 1), got a scalar")
+        raise FlowkitValueError("expected params of shape (*x.shape, 3K - 1), got a scalar")
     bins = _bins_of(params.shape[-1])
-    _check_bounds(bins, bound, min_bin_width, min_bin_height, min_derivative)
+    bound, min_bin_width, min_bin_height, min_derivative = _check_bounds(
+        bins, bound, min_bin_width, min_bin_height, min_derivative
+    )
     if params.shape[:-1] != x.shape:
-        raise ValueError(
+        raise FlowkitValueError(
             f"expected params of shape (*x.shape, 3K - 1) = {(*x.shape, params.shape[-1])}, "
             f"got {tuple(params.shape)}"
         )
@@ -198,14 +207,10 @@ class RationalQuadraticSpline(nn.Module):
         min_derivative: float = 1e-3,
     ):
         super().__init__()
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-            raise ValueError(f"expected bins to be an int >= 1, got {bins!r}")
-        _check_bounds(bins, bound, min_bin_width, min_bin_height, min_derivative)
-        self.bins = bins
-        self.bound = float(bound)
-        self.min_bin_width = float(min_bin_width)
-        self.min_bin_height = float(min_bin_height)
-        self.min_derivative = float(min_derivative)
+        self.bins = check_int("bins", bins, least=1)
+        self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = _check_bounds(
+            self.bins, bound, min_bin_width, min_bin_height, min_derivative
+        )
         self.params = 3 * bins - 1
 
     def identity_params(self) -> Tensor:
@@ -224,7 +229,7 @@ class RationalQuadraticSpline(nn.Module):
             (True, True)
         """
         if self.min_derivative >= 1:
-            raise ValueError(f"interior derivatives min_derivative + softplus(d) with min_derivative = "
+            raise FlowkitValueError(f"interior derivatives min_derivative + softplus(d) with min_derivative = "
                              f"{self.min_derivative} >= 1 cannot be 1: no identity")
         derivative = math.log(math.expm1(1.0 - self.min_derivative))
         return torch.cat([torch.zeros(2 * self.bins, dtype=torch.float64),
@@ -239,8 +244,10 @@ class RationalQuadraticSpline(nn.Module):
         return self._transform(y, params, inverse=True)
 
     def _transform(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        if not isinstance(params, Tensor):
+            raise FlowkitTypeError(f"expected params to be a floating tensor, got {type(params).__name__}")
         if params.shape[-1:] != (self.params,):
-            raise ValueError(
+            raise FlowkitValueError(
                 f"expected params of shape (*, {self.params}) for {self.bins} bins, "
                 f"got {tuple(params.shape)}"
             )
@@ -263,7 +270,7 @@ class RationalQuadraticSpline(nn.Module):
 
 def _bins_of(size: int) -> int:
     if size < 2 or (size + 1) % 3 != 0:
-        raise ValueError(
+        raise FlowkitValueError(
             f"expected a last dimension of params of the form 3K - 1 (K >= 1 bins: 2, 5, 8, ...), got {size}"
         )
     return (size + 1) // 3
@@ -271,19 +278,18 @@ def _bins_of(size: int) -> int:
 
 def _check_bounds(
     bins: int, bound: float, min_bin_width: float, min_bin_height: float, min_derivative: float
-) -> None:
-    if not (isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < math.inf):
-        raise ValueError(f"expected bound to be a finite number > 0, got {bound!r}")
-    for name, value in [
-        ("min_bin_width", min_bin_width),
-        ("min_bin_height", min_bin_height),
-        ("min_derivative", min_derivative),
-    ]:
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
-            raise ValueError(f"expected {name} to be a finite number > 0, got {value!r}")
+) -> tuple[float, float, float, float]:
+    """The bound and the three minimums as floats, checked (finite, positive, the bins' floors < 1)."""
+    bound = check_float("bound", bound, above=0)
+    min_bin_width, min_bin_height, min_derivative = (
+        check_float(name, value, above=0)
+        for name, value in [("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height),
+                            ("min_derivative", min_derivative)]
+    )
     for name, value in [("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)]:
         if value * bins >= 1:
-            raise ValueError(f"expected {name} * bins < 1, got {value} * {bins} = {value * bins}")
+            raise FlowkitValueError(f"expected {name} * bins < 1, got {value} * {bins} = {value * bins}")
+    return bound, min_bin_width, min_bin_height, min_derivative
 
 
 def _knots(raw: Tensor, bound: float, minimum: tuple[float, float]) -> Tensor:
