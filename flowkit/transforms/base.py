@@ -55,19 +55,19 @@ class Composite(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_tensor("x", x)
-        total = x.new_zeros(())
+        total = None  # in the dtype the layers compute in, which need not be that of x
         for transform in self.transforms:
             x, logabsdet = transform(x, context)
-            total = total + logabsdet
-        return x, total.expand(x.shape[:-1])
+            total = logabsdet if total is None else total + logabsdet
+        return x, (x.new_zeros(()) if total is None else total).expand(x.shape[:-1])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_tensor("y", y)
-        total = y.new_zeros(())
+        total = None  # in the dtype the layers compute in, which need not be that of y
         for transform in reversed(self.transforms):
             y, logabsdet = transform.inverse(y, context)
-            total = total + logabsdet
-        return y, total.expand(y.shape[:-1])
+            total = logabsdet if total is None else total + logabsdet
+        return y, (y.new_zeros(()) if total is None else total).expand(y.shape[:-1])
 
 
 class Inverse(Transform):
