@@ -429,3 +429,24 @@ def test_logit_transform_log_determinant_matches_autograd():
     assert torch.allclose(torch.sigmoid(z), s)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         logit_transform(torch.tensor([[1.5]]))
+
+
+@pytest.mark.fetch
+def test_a_damaged_derived_cache_is_computed_again(monkeypatch, tmp_path):
+    import shutil
+
+    from flowkit.data.fetch import cached_path
+    from flowkit.data.mnist import MNIST_MEMBER, MNIST_PACKAGE, MNIST_VERSION
+
+    _user_cache(monkeypatch)
+    source = cached_path(MNIST_PACKAGE, MNIST_VERSION, MNIST_MEMBER)
+    reference = binarized_mnist()
+    monkeypatch.setenv("FLOWKIT_DATA", str(tmp_path))  # a cache holding only the verified source file
+    target = cached_path(MNIST_PACKAGE, MNIST_VERSION, MNIST_MEMBER)
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    assert torch.equal(binarized_mnist().test, reference.test)
+    (cache,) = tmp_path.glob("mnist-binarized-*.pt")
+    cache.write_bytes(cache.read_bytes()[:1000])  # truncated, as by a full disk
+    assert torch.equal(binarized_mnist().test, reference.test)
+    assert torch.equal(binarized_mnist().test, reference.test)  # and the cache was written again

