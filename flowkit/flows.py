@@ -149,6 +149,17 @@ class DiagonalNormal(nn.Module):
             return self.rsample(sample_shape, context, generator)
 
 
+def _context_width(module: nn.Module) -> int:
+    """The context width a module and its parts take: the largest ``context_features`` among them
+    (0 when none is conditional); parts of different nonzero widths raise."""
+    widths = {part.context_features for part in module.modules()
+              if isinstance(getattr(part, "context_features", None), int) and part.context_features > 0}
+    if len(widths) > 1:
+        raise FlowkitValueError(f"the parts of {type(module).__name__} take contexts of different widths "
+                                f"{sorted(widths)}: expected one width")
+    return widths.pop() if widths else 0
+
+
 class Flow(nn.Module):
     r"""A normalising flow: a base density :math:`p_0` and a transform :math:`f` (data to noise),
 
@@ -159,7 +170,9 @@ class Flow(nn.Module):
         base: a density with ``log_prob(z, context)`` and ``sample(sample_shape, context)``
             (and ``rsample`` for reparameterised samples), such as :class:`StandardNormal` or
             :class:`flowkit.MADEMoG` (a MAF MoG).
-        context_features: the width of the context the flow requires (0: none).
+        context_features: the width of the context the flow requires; by default inferred from its
+            parts (the conditioners of the transform and a conditional base, which must agree),
+            0 when none takes a context.
 
     Shapes follow torch: ``log_prob(x: (*batch, D), context: (*batch, C)) -> (*batch,)``;
     ``sample(sample_shape, context)`` returns ``sample_shape + context.shape[:-1] + (D,)``.
@@ -171,7 +184,7 @@ class Flow(nn.Module):
         (torch.Size([4, 2]), torch.Size([4]))
     """
 
-    def __init__(self, transform: Transform, base: nn.Module, context_features: int = 0):
+    def __init__(self, transform: Transform, base: nn.Module, context_features: int | None = None):
         super().__init__()
         if not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
             raise FlowkitTypeError(
@@ -183,12 +196,22 @@ class Flow(nn.Module):
                 f"expected base to be a density module with features, log_prob and sample (such as "
                 f"StandardNormal or MADEMoG), got {type(base).__name__}"
             )
-        context_features = check_int("context_features", context_features, least=0)
-        conditional = getattr(base, "context_features", 0)
-        if conditional and conditional != context_features:
+        widths = {part: width for part, width in (("transform", _context_width(transform)), ("base", _context_width(base)))
+                  if width}
+        if len(set(widths.values())) > 1:
             raise FlowkitValueError(
-                f"the base is conditional with context_features={conditional} but the flow has "
-                f"context_features={context_features}: expected the same width (or an unconditional base)"
+                f"the transform takes a context of width {widths['transform']} but the base one of width "
+                f"{widths['base']}: expected the same width"
+            )
+        inferred = next(iter(widths.values()), 0)
+        if context_features is None:
+            context_features = inferred
+        context_features = check_int("context_features", context_features, least=0)
+        if inferred and inferred != context_features:
+            part = next(iter(widths))
+            raise FlowkitValueError(
+                f"the {part} is conditional with context_features={inferred} but the flow has "
+                f"context_features={context_features}: expected the same width (or leave it out to infer it)"
             )
         self.transform = transform
         self.base = base

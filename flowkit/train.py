@@ -95,7 +95,8 @@ def fit(
     ``patience`` epochs without improvement and the best model is restored. After a fresh-mask
     run the current mask set holds key 0.
 
-    The minibatch order comes only from a generator seeded with ``seed``. With ``checkpoint``
+    The minibatch order comes only from a generator seeded with ``seed``; a last minibatch of a
+    single row joins the one before it (batch norm needs two rows). With ``checkpoint``
     the whole training state is written after every epoch (atomically: a temporary file in the
     same folder, then :func:`os.replace`); with ``resume=True`` a run continues from it and ends
     with exactly the weights of an uninterrupted run with the same settings and data.
@@ -203,7 +204,7 @@ def fit(
         model.train()
         history.lr.append(optimizer.param_groups[0]["lr"])
         total = 0.0
-        for indices in torch.randperm(len(train), generator=generator).split(batch_size):
+        for indices in _minibatches(torch.randperm(len(train), generator=generator), batch_size):
             if fresh:
                 made.draw_masks(step)
             step += 1
@@ -286,6 +287,20 @@ def evaluate(
     model.train(was_training)
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
     return float(nll.mean()), stderr
+
+
+def _minibatches(order: Tensor, batch_size: int) -> tuple[Tensor, ...]:
+    """``order`` cut into minibatches of ``batch_size``; a last one of a single row joins the one
+    before it (batch norm cannot normalise one row).
+
+    Example:
+        >>> [len(b) for b in _minibatches(torch.arange(7), 3)], [len(b) for b in _minibatches(torch.arange(8), 3)]
+        ([3, 4], [3, 3, 2])
+    """
+    batches = order.split(batch_size)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches = (*batches[:-2], torch.cat(batches[-2:]))
+    return batches
 
 
 def _device_of(model: nn.Module) -> torch.device:

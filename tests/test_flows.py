@@ -9,8 +9,9 @@ import pytest
 import torch
 from scipy import integrate, stats
 
+import flowkit
 from flowkit import IAF, MADE, MAF, MADEMoG, check_autoregressive
-from flowkit.flows import FlowDistribution
+from flowkit.flows import DiagonalNormal, Flow, FlowDistribution
 from flowkit.transforms import Affine, MaskedAutoregressive
 
 pytestmark = pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
@@ -542,3 +543,23 @@ def test_flow_distribution_works_as_a_pyro_guide():
         samples = flow.sample(4000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(samples.mean(0), target, atol=0.15, rtol=0)
     torch.testing.assert_close(samples.std(0), torch.full((2,), 0.5), atol=0.1, rtol=0)
+
+
+def test_flow_infers_its_context_width_from_its_parts():
+    from flowkit.flows import StandardNormal
+    from flowkit.transforms import MaskedAutoregressive
+
+    flow = Flow(MaskedAutoregressive(2, [8], context_features=3), StandardNormal(2))
+    x, context = torch.randn(5, 2), torch.randn(5, 3)
+    assert flow.context_features == 3 and flow.log_prob(x, context).shape == (5,)
+    assert flow.sample(2, context).shape == (2, 5, 2)
+    with pytest.raises(flowkit.FlowkitValueError, match="this model is conditional"):
+        flow.log_prob(x)
+    base = DiagonalNormal(2, context_features=3)  # a conditional base alone makes the flow conditional too
+    assert Flow(MaskedAutoregressive(2, [8]), base).context_features == 3
+    assert Flow(MaskedAutoregressive(2, [8]), StandardNormal(2)).context_features == 0
+    with pytest.raises(flowkit.FlowkitValueError, match="context of width 3 but the base one of width 2"):
+        Flow(MaskedAutoregressive(2, [8], context_features=3), DiagonalNormal(2, context_features=2))
+    with pytest.raises(flowkit.FlowkitValueError, match="context_features=3 but the flow has context_features=2"):
+        Flow(MaskedAutoregressive(2, [8], context_features=3), StandardNormal(2), context_features=2)
+    assert Flow(MaskedAutoregressive(2, [8]), StandardNormal(2), context_features=4).context_features == 4

@@ -395,3 +395,11 @@ def test_ctrl_c_stops_with_one_line_and_a_resumable_run(tmp_path):
     done = subprocess.run(fit_command(run, "--resume"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert log_epochs(run) == [1, 2, 3, 4]
+
+
+def test_a_last_minibatch_of_one_row_does_not_break_batch_norm():
+    model = flowkit.MAF(2, 2, [8], batch_norm=True, seed=0)
+    history = fit(model, torch.randn(101, 2), torch.randn(20, 2), epochs=2, batch_size=100)
+    assert len(history.train_nll) == 2 and all(np.isfinite(history.train_nll))
+    with pytest.raises(FlowkitError, match="at least 2 examples, got 1"):
+        fit(flowkit.MAF(2, 2, [8], batch_norm=True, seed=0), torch.randn(1, 2), epochs=1)
