@@ -149,7 +149,6 @@ class _Residual:
 
 @dataclass
 class _Plan:
-    key: tuple
     order: list[int]
     inputs: list[int]  # inputs[t]: the input columns of degree <= t (context first)
     layers: list[_Layer]  # the plain hidden layers; empty for a residual MADE
@@ -165,13 +164,17 @@ def _effective_degrees(mask: Tensor, below: Tensor) -> Tensor:
 
 
 def _plan(made: MADE, index: int) -> _Plan:
-    linears = made._masked_linears()
-    key = (index, tuple((m.weight._version, m.weight.data_ptr(), m.masks._version, m.masks.data_ptr())
-                        for m in linears), made.layers[0].weight.dtype, made.layers[0].weight.device)
-    cached = getattr(made, "_engine_plan", None)
-    if cached is not None and cached.key == key:
-        return cached
+    """The plan of mask set ``index``, kept by the MADE (:attr:`MADE.derived`, one per mask set) while
+    its weights, biases, masks and orderings are unchanged."""
+    sources = [made.orders]
+    for linear in made._masked_linears():
+        sources += [linear.weight, linear.masks] + ([] if linear.bias is None else [linear.bias])
+    weight = made.layers[0].weight
+    return made.derived.get(("engine plan", index), sources, lambda: _build_plan(made, index),
+                            (weight.dtype, weight.device))
 
+
+def _build_plan(made: MADE, index: int) -> _Plan:
     D, P, C, per = made.features, made.params, made.context_features, made.columns_per_feature
     order = made.orders[index].cpu()
     feature_degree = torch.empty(D, dtype=torch.long)
@@ -204,9 +207,7 @@ def _plan(made: MADE, index: int) -> _Plan:
     direct = None
     if made.direct is not None:
         direct = (made.direct.weight * made.direct.masks[index])[:, input_sort.to(device)].reshape(D, P, -1).contiguous()
-    plan = _Plan(key, order.tolist(), offsets(input_degree[input_sort]), layers, output, output_bias, direct, residual)
-    made._engine_plan = plan
-    return plan
+    return _Plan(order.tolist(), offsets(input_degree[input_sort]), layers, output, output_bias, direct, residual)
 
 
 def _residual_plan(made: MADE, index: int, input_degree: Tensor, input_sort: Tensor, offsets) -> tuple:

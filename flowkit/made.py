@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit import masks as M
+from flowkit.derived import Derived
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.validation import (
     check_context, check_finite, check_float, check_int, check_ints, check_option, check_shape,
@@ -51,8 +52,7 @@ class MaskedLinear(nn.Linear):
         masks = masks if masks.dim() == 3 else masks[None]
         super().__init__(masks.shape[2], masks.shape[1], bias=bias)
         self.register_buffer("masks", masks.bool())
-        self._cache: tuple | None = None
-        self._float_mask: tuple | None = None
+        self._derived = Derived()
         self.reset_parameters_masked(generator, gain)
 
     def reset_parameters_masked(self, generator: torch.Generator | None = None, gain: float = 1.0) -> None:
@@ -71,36 +71,24 @@ class MaskedLinear(nn.Linear):
         Kept between calls (a boolean mask would be converted in every product, forward and
         backward) while the masks, the weight's dtype and device and inference mode stay the same.
         """
-        masks = self.masks
+        masks, dtype = self.masks, self.weight.dtype
         if torch.compiler.is_compiling():
-            return masks[index].to(self.weight.dtype)
-        key = (index, masks._version, self.weight.dtype, masks.device, torch.is_inference_mode_enabled())
-        cached = getattr(self, "_float_mask", None)
-        if cached is None or cached[0] != key or cached[1] is not masks:
-            cached = self._float_mask = (key, masks, masks[index].to(self.weight.dtype))
-        return cached[2]
+            return masks[index].to(dtype)
+        context = (dtype, masks.device, torch.is_inference_mode_enabled())
+        return self._derived.get(("mask", index), (masks,), lambda: masks[index].to(dtype), context)
 
     def masked_weight(self, index: int = 0) -> Tensor:
         """The weight under mask set ``index``, shape ``(out_features, in_features)``."""
         if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
-            self._cache = None
+            self._derived.drop(("weight", index))
             return self.weight * self.mask(index)
-        key = (index, self.weight._version, self.masks._version, self.weight.dtype, self.weight.device,
-               torch.is_inference_mode_enabled())
-        cached = self._cache
-        if cached is None or cached[0] != key or cached[1] is not self.weight or cached[2] is not self.masks:
-            product = self.weight * self.mask(index)
-            self._cache = (key, self.weight, self.masks, product)
-            return product
-        return cached[3]
+        context = (self.weight.dtype, self.weight.device, torch.is_inference_mode_enabled())
+        return self._derived.get(("weight", index), (self.weight, self.masks),
+                                 lambda: self.weight * self.mask(index), context)
 
     def train(self, mode: bool = True) -> MaskedLinear:
-        self._cache = None
+        self._derived.drop()  # what is kept is never pickled (flowkit.derived)
         return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        # what is kept between calls is derived: it is not pickled (torch.save, deepcopy)
-        return {**super().__getstate__(), "_cache": None, "_float_mask": None}
 
     def forward(self, x: Tensor, index: int = 0) -> Tensor:
         return nn.functional.linear(x, self.masked_weight(index), self.bias)
@@ -277,6 +265,7 @@ class MADE(nn.Module):
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self.register_buffer("mask_seed", torch.tensor(mask_seed, dtype=torch.long))
         self._index = 0
+        self.derived = Derived()  # what others compute from this MADE and keep here (the engine's plans)
         self.activation = elementwise
 
         def linear(i: int, gain: float = 1.0) -> MaskedLinear:
@@ -324,13 +313,9 @@ class MADE(nn.Module):
             warnings.warn(message, ConnectivityWarning, stacklevel=_caller_stacklevel())
 
     def train(self, mode: bool = True) -> MADE:
-        """Sets the mode and drops the kept masked weights and engine plan (see :class:`MaskedLinear`)."""
-        self.__dict__.pop("_engine_plan", None)
+        """Sets the mode and drops what is kept: the masked weights and the engine's plans."""
+        self.derived.drop()
         return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        return {key: value for key, value in state.items() if key != "_engine_plan"}  # derived, rebuilt on use
 
     @property
     def num_masks(self) -> int:

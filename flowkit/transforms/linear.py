@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowkit.derived import Derived
 from flowkit.transforms.base import Transform, check_features
 from flowkit.validation import check_finite, check_float, check_int, check_permutation
 
@@ -79,7 +80,7 @@ class LULinear(Transform):
         self.lower_upper = nn.Parameter(torch.zeros(features, features))
         self.unconstrained_diagonal = nn.Parameter(torch.full((features,), math.log(math.expm1(1 - self.eps))))
         self.bias = nn.Parameter(torch.zeros(features))
-        self._cache: tuple | None = None
+        self._derived = Derived()
 
     def lower(self) -> Tensor:
         """The unit lower-triangular :math:`L`, ``(D, D)``."""
@@ -101,15 +102,11 @@ class LULinear(Transform):
     def _factors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``W``, ``L``, ``U`` and ``log|det W|``, kept between calls in eval mode without gradients."""
         if self.training or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
-            self._cache = None
+            self._derived.drop()
             return self._build()
-        parameters = (self.lower_upper, self.unconstrained_diagonal, self.bias)
-        key = (tuple(p._version for p in parameters), self.permutation._version, self.lower_upper.dtype,
-               self.lower_upper.device, torch.is_inference_mode_enabled())
-        cached = self._cache
-        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], parameters)):
-            self._cache = (key, parameters, self._build())
-        return self._cache[2]
+        sources = (self.lower_upper, self.unconstrained_diagonal, self.bias, self.permutation)
+        context = (self.lower_upper.dtype, self.lower_upper.device, torch.is_inference_mode_enabled())
+        return self._derived.get("factors", sources, self._build, context)
 
     def _build(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         lower, upper = self.lower(), self.upper()
@@ -135,13 +132,8 @@ class LULinear(Transform):
         return x.reshape(y.shape), (-logabsdet).expand(y.shape[:-1])
 
     def train(self, mode: bool = True) -> LULinear:
-        self._cache = None
+        self._derived.drop()
         return super().train(mode)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_cache"] = None
-        return state
 
     def extra_repr(self) -> str:
         return f"features={self.features}, eps={self.eps}"
