@@ -71,6 +71,6 @@ def check_autoregressive(model: nn.Module, *, batch: int = 16, seed: int = 0) ->
                     f"mask set {r} (order {made.orders[r].tolist()}) breaks the autoregressive "
                     f"property: {pairs}{' ...' if len(bad) > 10 else ''}"
                 )
-            if r == made._index:
+            if r == made.current_mask:
                 found = depends
     return found

@@ -95,7 +95,7 @@ class AutoregressiveDensity(nn.Module):
             if keys is not None:
                 return self._log_prob_keys(h, x, context, keys)
             if ensemble is None:
-                return self._log_prob(h, x, context, self.made._index)
+                return self._log_prob(h, x, context, self.made.current_mask)
             R = self._check_ensemble(ensemble)
             terms = torch.stack([self._log_prob(h, x, context, r) for r in range(R)])
             return torch.logsumexp(terms, dim=0) - math.log(R)
@@ -110,7 +110,7 @@ class AutoregressiveDensity(nn.Module):
         with self.made.restoring_masks():
             for key in keys:
                 self.made.draw_masks(key)
-                term = self._log_prob(h, x, context, self.made._index)
+                term = self._log_prob(h, x, context, self.made.current_mask)
                 total = term if total is None else torch.logaddexp(total, term, out=total)
         return total - math.log(len(keys))
 
@@ -141,7 +141,7 @@ class AutoregressiveDensity(nn.Module):
         x = self._zeros(shape)
         nothing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
         if ensemble is None:
-            which = torch.full(shape, self.made._index, device=x.device)
+            which = torch.full(shape, self.made.current_mask, device=x.device)
         else:
             which = torch.randint(self._check_ensemble(ensemble), shape, generator=generator, device=x.device)
         return self._fill(x, nothing, context, which, generator)
@@ -203,7 +203,7 @@ class AutoregressiveDensity(nn.Module):
         )
         R = self.made.num_masks
         preference = torch.arange(R, 0, -1, device=observed.device)  # lower index first
-        preference[self.made._index] = R + 1  # the current mask set before all others
+        preference[self.made.current_mask] = R + 1  # the current mask set before all others
         score = runs * (R + 2) + preference.view(R, *([1] * (runs.dim() - 1)))
         return score.argmax(dim=0)
 

@@ -98,7 +98,7 @@ def autoregressive(
         >>> ones.tolist()
         [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
     """
-    index = made._index if mask is None else made._check_mask(mask)
+    index = made.current_mask if mask is None else made.check_mask(mask)
     order = made.orders[index].tolist()
     visit = set(order)
     if features is not None:

@@ -332,12 +332,18 @@ class MADE(nn.Module):
         """The number of input columns the network expects, context excluded."""
         return self.features * self.columns_per_feature
 
+    @property
+    def current_mask(self) -> int:
+        """The index of the mask set that calls without ``mask=`` use (see :meth:`use_mask`)."""
+        return self._index
+
     def use_mask(self, index: int) -> None:
         """Selects mask set ``index`` (``0 <= index < num_masks``) for later calls."""
-        self._index = self._check_mask(index)
+        self._index = self.check_mask(index)
         self.mask_index.fill_(self._index)
 
-    def _check_mask(self, index: int) -> int:
+    def check_mask(self, index: int) -> int:
+        """``index`` as an int when it names one of the mask sets, else a FlowkitError."""
         return check_int("mask index", index, least=0, most=self.num_masks - 1)
 
     def next_mask(self) -> int:
@@ -434,7 +440,7 @@ class MADE(nn.Module):
             deterministic: evaluate without dropout even in training mode.
         """
         h = self.inputs(x, context)
-        index = self._index if mask is None else self._check_mask(mask)
+        index = self._index if mask is None else self.check_mask(mask)
         out = self.hidden(h, index, deterministic=deterministic)
         out = self.layers[-1](out, index)
         if self.direct is not None:

@@ -47,7 +47,7 @@ class TestDependencies:
         made = wide(num_masks=3, order_agnostic=True)
         made.use_mask(2)
         found = check_autoregressive(made)
-        assert made._index == 2
+        assert made.current_mask == 2
         assert not torch.equal(made.orders[2], made.orders[0])
         assert torch.equal(found, allowed_by_position(made.orders[2]))
 
@@ -116,7 +116,7 @@ class TestCorruption:
     def test_corrupt_second_mask_set_is_caught(self):
         made = wide(num_masks=2, order_agnostic=True)
         made.layers[-1].masks[1] = True
-        assert made._index == 0
+        assert made.current_mask == 0
         order = made.orders[1].tolist()
         with pytest.raises(AutoregressiveError, match=re.escape(f"mask set 1 (order {order})")):
             check_autoregressive(made)

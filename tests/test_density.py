@@ -170,7 +170,7 @@ class TestEnsemble:
         for R in range(1, 6):
             mixture = torch.stack(singles[:R]).mean(0)
             torch.testing.assert_close(probabilities(model, x, ensemble=R), mixture)
-        assert model.made._index == 3
+        assert model.made.current_mask == 3
         assert (probabilities(model, x, ensemble=5) - singles[0]).abs().max() > 1e-2
 
     def test_averaging_logits_is_not_a_density(self):
@@ -457,7 +457,7 @@ class TestModule:
         torch.save(source.state_dict(), buffer)
         buffer.seek(0)
         target.load_state_dict(torch.load(buffer))
-        assert target.made._index == 2
+        assert target.made.current_mask == 2
         assert torch.equal(target.made.order, source.made.order)
         assert torch.equal(target.log_prob(x, context), source.log_prob(x, context))
         assert torch.equal(target.log_prob(x, context, ensemble=3), source.log_prob(x, context, ensemble=3))
@@ -669,7 +669,7 @@ class TestCUDA:
             buffer.seek(0)
             state = torch.load(buffer, map_location="cpu")
             restored.load_state_dict(state)
-            assert restored.made._index == 1
+            assert restored.made.current_mask == 1
             context = torch.randn(len(x), 2, generator=torch.Generator().manual_seed(0))
             torch.testing.assert_close(restored.log_prob(x, context),
                                        model.log_prob(x.cuda(), context.cuda()).cpu(), rtol=1e-4, atol=1e-4)

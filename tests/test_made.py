@@ -291,7 +291,7 @@ class TestMaskSets:
         made = MADE(4, [16], num_masks=3, seed=0)
         with pytest.raises(ValueError, match=r"mask index in 0\.\.2"):
             made.use_mask(index)
-        assert made._index == 0
+        assert made.current_mask == 0
 
     @pytest.mark.parametrize("index", [-1, 3])
     def test_forward_mask_out_of_range_raises(self, index):
@@ -368,7 +368,7 @@ class TestState:
         assert not torch.equal(before, saved(x, context))
 
         loaded.load_state_dict(saved.state_dict())
-        assert loaded._index == 2
+        assert loaded.current_mask == 2
         assert torch.equal(loaded.order, saved.orders[2])
         assert torch.equal(loaded.orders, saved.orders)
         for a, b in zip(loaded.modules(), saved.modules()):

@@ -245,7 +245,7 @@ def test_state_dict_round_trip():
     x, context = torch.randn(4, 5), torch.randn(4, 2)
     assert not torch.equal(loaded(x, context), saved.eval()(x, context))
     loaded.load_state_dict(saved.state_dict())
-    assert loaded._index == 1
+    assert loaded.current_mask == 1
     assert any(key.startswith("blocks.1.1.") for key in saved.state_dict())
     for r in range(3):
         assert torch.equal(loaded(x, context, mask=r), saved(x, context, mask=r))

@@ -56,7 +56,7 @@ def test_fit_cycles_mask_sets_once_per_minibatch():
     model = flowkit.BernoulliMADE(6, [32], num_masks=5, order_agnostic=True, seed=0)
     data = torch.randint(2, (70, 6)).float()
     fit(model, data, epochs=1, batch_size=10)  # 7 minibatches
-    assert model.made._index == 7 % 5
+    assert model.made.current_mask == 7 % 5
 
 
 def test_evaluate_matches_log_prob_and_restores_training_mode():

@@ -1,7 +1,8 @@
 """Data sets: the bundled 8x8 digits (the embedded default), MNIST, POWER, the user's own files and
 2-D toy densities."""
 
-from flowkit.data.digits import DIGITS_SHA256, Splits, binarize, digits, load_digits
+from flowkit.data.digits import DIGITS_SHA256, binarize, digits, load_digits
+from flowkit.data.splits import Splits
 from flowkit.data.fetch import ChecksumError, DataUnavailableError, cache_dir, fetch_package_file
 from flowkit.data.files import load_file, split
 from flowkit.data.images import bits_per_dim, dequantize, logit_transform

@@ -8,29 +8,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 from importlib import resources
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from flowkit.data.fetch import ChecksumError
+from flowkit.data.splits import Splits
 from flowkit.validation import check_int, check_option
 
-__all__ = ["DIGITS_SHA256", "Splits", "binarize", "digits", "load_digits"]
+__all__ = ["DIGITS_SHA256", "binarize", "digits", "load_digits"]
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
 SPLIT_SEED = 2015
 BINARIZE_SEED = 0
 VALID, TEST = 300, 300
-
-
-class Splits(NamedTuple):
-    """Training, validation and test parts of a data set, each ``(N, D)``."""
-
-    train: Tensor
-    valid: Tensor
-    test: Tensor
 
 
 def load_digits() -> tuple[Tensor, Tensor]:

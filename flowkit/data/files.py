@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flowkit.data.digits import Splits
+from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitValueError
 
 __all__ = ["MAX_CATEGORIES", "load_file", "split"]

@@ -15,7 +15,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from flowkit.data.digits import Splits
+from flowkit.data.splits import Splits
 from flowkit.atomic import atomic_path, load_torch
 from flowkit.data.fetch import cache_dir, fetch_package_file
 from flowkit.errors import FileProblem, FlowkitError

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import torch
 
-from flowkit.data.digits import Splits
+from flowkit.data.splits import Splits
 from flowkit.atomic import atomic_path
 from flowkit.data.fetch import cache_dir, fetch_package_file
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
