@@ -2,8 +2,8 @@
 
 from flowkit import masks, transforms, vi
 from flowkit.checks import check_autoregressive
-from flowkit.errors import FlowkitError, FlowkitTypeError, FlowkitValueError
 from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG
+from flowkit.errors import FlowkitError, FlowkitTypeError, FlowkitValueError
 from flowkit.flows import IAF, MAF, DiagonalNormal, Flow
 from flowkit.made import MADE, ConnectivityWarning
 from flowkit.validation import set_validation, validate

@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         "complete", formatter_class=formatter, help="complete half-observed test examples",
         description="Complete the first n test examples with the top half (the first half of the features) "
         "observed, drawing the rest from the model; write RUN/complete-NxS-seedK.npy (n, samples, D) and, for "
-        "images, a figure beside it (.png); the fit's own completions.png stays. Needs an autoregressive density (bernoulli, categorical, made-mog).",
+        "images, a figure beside it (.png); the fit's own completions.png stays. Needs an autoregressive density "
+        "(bernoulli, categorical, made-mog).",
     )
     complete.add_argument("--run", required=True, help=run_help)
     complete.add_argument("-n", type=int, default=10, help="number of test examples")
@@ -477,7 +478,8 @@ def report(metrics: dict, out: str, written: Sequence[str]) -> str:
         lines.append(f"test NLL        {metrics['test_nll_ensemble']:8.3f} ± {metrics['test_nll_ensemble_se']:.3f}"
                      f" nats (ensemble of {metrics['masks']} {members}){bits('test_bpd_ensemble')}")
     if "test_nll_independent" in metrics:
-        lines.append(f"test NLL        {metrics['test_nll_independent']:8.3f} nats (independent Bernoullis, for reference)")
+        lines.append(f"test NLL        {metrics['test_nll_independent']:8.3f} nats "
+                     "(independent Bernoullis, for reference)")
     lines.append("wrote " + ", ".join(f"{out}/{name}" for name in written[:4]))
     if len(written) > 4:
         lines.append("  and " + ", ".join(f"{out}/{name}" for name in written[4:]))

@@ -160,7 +160,9 @@ class _Plan:
 
 
 def _effective_degrees(mask: Tensor, below: Tensor) -> Tensor:
-    return (mask.long() * below[None, :]).amax(dim=1) if mask.shape[1] else mask.new_zeros(mask.shape[0], dtype=torch.long)
+    if not mask.shape[1]:
+        return mask.new_zeros(mask.shape[0], dtype=torch.long)
+    return (mask.long() * below[None, :]).amax(dim=1)
 
 
 def _plan(made: MADE, index: int) -> _Plan:
@@ -206,7 +208,8 @@ def _build_plan(made: MADE, index: int) -> _Plan:
     output_bias = last.bias.reshape(D, P, 1)
     direct = None
     if made.direct is not None:
-        direct = (made.direct.weight * made.direct.masks[index])[:, input_sort.to(device)].reshape(D, P, -1).contiguous()
+        direct = (made.direct.weight * made.direct.masks[index])[:, input_sort.to(device)]
+        direct = direct.reshape(D, P, -1).contiguous()
     return _Plan(order.tolist(), offsets(input_degree[input_sort]), layers, output, output_bias, direct, residual)
 
 
@@ -278,7 +281,8 @@ def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torc
         layers.append(jobs)
         k, j = last_ends[t], plan.inputs[t]
         direct = None if plan.direct is None else plan.direct[d, :, :j]
-        outputs.append((plan.output_bias[d], plan.output[d, :, :k], last[:k], direct, inputs[:j] if plan.direct is not None else None))
+        seen = inputs[:j] if plan.direct is not None else None
+        outputs.append((plan.output_bias[d], plan.output[d, :, :k], last[:k], direct, seen))
         writes.append(inputs[C + t * per : C + (t + 1) * per].T)
     workspace = _Workspace(inputs, torch.zeros(D, B, dtype=dtype, device=device), params, layers, outputs, writes,
                            residual)
@@ -349,7 +353,9 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
     # contiguous block of rows that addmm writes in place. Every unit is written before it is read.
     if C:
         space.inputs[:C] = context.expand(*batch, C).reshape(B, C).T
-    values = space.values if flat.dtype == space.values.dtype else torch.empty(D, B, dtype=flat.dtype, device=flat.device)
+    values = space.values
+    if flat.dtype != values.dtype:
+        values = torch.empty(D, B, dtype=flat.dtype, device=flat.device)
     values.copy_(flat.T)
     rows = values.unbind(0)
     params = space.params.T if len(batch) == 1 else space.params.T.reshape(*batch, space.params.shape[0])

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.transforms import (
     BatchNorm,
     Composite,
@@ -22,7 +23,6 @@ from flowkit.transforms import (
     Transform,
 )
 from flowkit.transforms.autoregressive import Affine
-from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.transforms.base import check_features
 from flowkit.validation import check_context, check_finite, check_int, check_ints, check_option, checked
 from flowkit.validation import sample_shape as as_sample_shape
@@ -196,8 +196,8 @@ class Flow(nn.Module):
                 f"expected base to be a density module with features, log_prob and sample (such as "
                 f"StandardNormal or MADEMoG), got {type(base).__name__}"
             )
-        widths = {part: width for part, width in (("transform", _context_width(transform)), ("base", _context_width(base)))
-                  if width}
+        widths = {part: width for part, width in (("transform", _context_width(transform)),
+                                                  ("base", _context_width(base))) if width}
         if len(set(widths.values())) > 1:
             raise FlowkitValueError(
                 f"the transform takes a context of width {widths['transform']} but the base one of width "

@@ -182,7 +182,8 @@ class GaussianMixture(Head):
         >>> params = torch.tensor([[[0.0, 0.0, -1.0, 1.0, 5.0, 5.0]]])  # equal weights, means -1, 1
         >>> scale = torch.nn.functional.softplus(torch.tensor(5.0)) + 1e-3
         >>> N = torch.distributions.Normal
-        >>> expected = 0.5 * N(-1.0, scale).log_prob(torch.tensor(1.0)).exp() + 0.5 * N(1.0, scale).log_prob(torch.tensor(1.0)).exp()
+        >>> one = torch.tensor(1.0)
+        >>> expected = 0.5 * N(-1.0, scale).log_prob(one).exp() + 0.5 * N(1.0, scale).log_prob(one).exp()
         >>> torch.allclose(head.log_prob(params, torch.tensor([[1.0]])).exp(), expected)
         True
     """

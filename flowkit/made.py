@@ -15,7 +15,13 @@ from flowkit import masks as M
 from flowkit.derived import Derived
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.validation import (
-    check_context, check_finite, check_float, check_int, check_ints, check_option, check_shape,
+    check_context,
+    check_finite,
+    check_float,
+    check_int,
+    check_ints,
+    check_option,
+    check_shape,
 )
 
 __all__ = ["MADE", "MaskedLinear", "ConnectivityWarning"]

@@ -82,7 +82,9 @@ def density_grid(log_prob, bounds: tuple[float, float, float, float], resolution
     return xs.numpy(), ys.numpy(), density.reshape(resolution, resolution).cpu().double().numpy()
 
 
-def save_curves(train_nll: list[float], valid_nll: list[float], path: str | Path, best_epoch: int | None = None) -> Path:
+def save_curves(
+    train_nll: list[float], valid_nll: list[float], path: str | Path, best_epoch: int | None = None
+) -> Path:
     """Writes a PNG of the mean training and validation NLL (nats) per epoch, the kept epoch marked."""
     fig = Figure(figsize=(5, 3.2), dpi=100)
     ax = fig.subplots()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import inspect
 import dataclasses
+import inspect
 import json
 import math
 import time

@@ -2,12 +2,12 @@
 2-D toy densities."""
 
 from flowkit.data.digits import DIGITS_SHA256, binarize, digits, load_digits
-from flowkit.data.splits import Splits
 from flowkit.data.fetch import ChecksumError, DataUnavailableError, cache_dir, fetch_package_file
 from flowkit.data.files import load_file, split
 from flowkit.data.images import bits_per_dim, dequantize, logit_transform
 from flowkit.data.mnist import binarized_mnist, load_mnist
 from flowkit.data.power import load_power
+from flowkit.data.splits import Splits
 from flowkit.data.toy import TOY, checkerboard, eight_gaussians, pinwheel, rings, two_moons, two_spirals
 
 __all__ = [

@@ -150,7 +150,8 @@ def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str
         how = "declared" if kind == "binary" else "every value is 0 or 1"
         return torch.from_numpy(x.astype(np.float32)), "binary", f"binary: {how} {size}"
     if kind == "binary":
-        raise FlowkitValueError(f"declared binary, but {path.name} holds values other than 0 and 1: {_examples(x[~binary])}")
+        raise FlowkitValueError(f"declared binary, but {path.name} holds values other than 0 and 1: "
+                                f"{_examples(x[~binary])}")
     codes, reason = _as_categories(x)
     if kind == "categorical":
         if reason is not None:
@@ -170,8 +171,9 @@ def _continuous(x: np.ndarray, name: str) -> Tensor:
     constant = np.flatnonzero((x == x[:1]).all(axis=0))
     if len(constant):
         column = int(constant[0])
+        more = f" and so are {len(constant) - 1} more" if len(constant) > 1 else ""
         raise FlowkitValueError(
-            f"column {column} of {name} is constant (every value is {x[0, column]:g}){' and so are ' + str(len(constant) - 1) + ' more' if len(constant) > 1 else ''}: "
+            f"column {column} of {name} is constant (every value is {x[0, column]:g}){more}: "
             "a continuous density on it has no finite maximum-likelihood fit; drop the column")
     return torch.from_numpy(x.astype(np.float32))
 

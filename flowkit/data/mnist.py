@@ -15,9 +15,9 @@ from typing import IO
 import numpy as np
 import torch
 
-from flowkit.data.splits import Splits
 from flowkit.atomic import atomic_path, load_torch
 from flowkit.data.fetch import cache_dir, fetch_package_file
+from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitError
 from flowkit.validation import check_int
 

@@ -8,15 +8,14 @@ Papamakarios et al. (2017), "Masked Autoregressive Flow for Density Estimation",
 from __future__ import annotations
 
 import os
-
 import zipfile
 
 import numpy as np
 import torch
 
-from flowkit.data.splits import Splits
 from flowkit.atomic import atomic_path
 from flowkit.data.fetch import cache_dir, fetch_package_file
+from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
 from flowkit.validation import check_int
 

@@ -1,12 +1,12 @@
 """Invertible transforms, data to noise: the protocol, autoregressive layers, permutations, LU-linear
 layers, batch norm."""
 
-from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform
-from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadratic_spline
 from flowkit.transforms.autoregressive import Affine, MaskedAutoregressive
+from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform
 from flowkit.transforms.linear import LULinear
 from flowkit.transforms.normalization import BatchNorm
 from flowkit.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
+from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadratic_spline
 
 __all__ = [
     "Transform",
