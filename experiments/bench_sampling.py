@@ -60,7 +60,8 @@ def bench_bernoulli(args, rows):
         rows.append(("BernoulliMADE D=784, 2x500, 100 samples", {
             "flowkit engine": median_seconds(lambda: model.sample(n), args.repeats, args.device),
             "plain D-pass loop": median_seconds(
-                lambda: plain_loop(model.made, model.head.encode, lambda d, p: model.head.draw(p, noise[:, d]), x0.clone()),
+                lambda: plain_loop(model.made, model.head.encode,
+                                   lambda d, p: model.head.draw(p, noise[:, d]), x0.clone()),
                 max(3, args.repeats // 3), args.device),
             "one forward pass (floor)": median_seconds(lambda: model.log_prob(x0), args.repeats, args.device),
         }))
@@ -112,7 +113,8 @@ def peer_maf(features, layers, hidden, transformer, bins=8, bound=3.0):
             if transformer == "affine":
                 t = T.AffineAutoregressive(AutoRegressiveNN(features, hidden))
             else:
-                t = T.SplineAutoregressive(features, AutoRegressiveNN(features, hidden, param_dims=[bins, bins, bins - 1, bins]),
+                t = T.SplineAutoregressive(features,
+                                           AutoRegressiveNN(features, hidden, param_dims=[bins, bins, bins - 1, bins]),
                                            count_bins=bins, bound=bound, order="linear")
             transforms.append(t.inv)  # a MAF layer: sampling runs the sequential direction
         base = dist.Normal(torch.zeros(features), torch.ones(features)).to_event(1)
@@ -133,7 +135,8 @@ def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000, p
     with torch.no_grad():
         figures["flowkit engine"] = median_seconds(lambda: flow.sample(n), args.repeats, args.device)
         step = lambda d, p: layer.transformer.inverse(z[:, d], p)[0]  # noqa: E731
-        one_layer = median_seconds(lambda: plain_loop(layer.made, lambda v: v, step, z.clone()), peer_repeats, args.device)
+        one_layer = median_seconds(lambda: plain_loop(layer.made, lambda v: v, step, z.clone()),
+                                   peer_repeats, args.device)
         figures["plain D-pass loop"] = one_layer * layers
         figures["one forward pass (floor)"] = median_seconds(lambda: flow.log_prob(x), args.repeats, args.device)
         for peer, model in peer_maf(features, layers, hidden, transformer).items():

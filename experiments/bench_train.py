@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import flowkit
-from flowkit.validation import validate
 from flowkit.atomic import write_json, write_text  # noqa: E402
+from flowkit.validation import validate
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
@@ -362,7 +362,8 @@ def main() -> None:
             cells = []
             for figures in (train, evaluate):
                 median, best = figures[impl]["median"], figures[impl]["min"]
-                cells.append(f"{median * 1e3:.2f} ms | {median / figures[FLOWKIT]['median']:.2f}x | {best * 1e3:.2f} ms")
+                cells.append(f"{median * 1e3:.2f} ms | {median / figures[FLOWKIT]['median']:.2f}x | "
+                             f"{best * 1e3:.2f} ms")
             lines.append(f"| {case['task']} | {impl} | {' | '.join(cells)} |")
         for impl, why in case["unavailable"].items():
             lines.append(f"| {case['task']} | {impl} | {why} | | | | | |")

@@ -1,7 +1,8 @@
 """Held-out NLL of binary MADEs on the bundled 8x8 digits, against independent Bernoullis.
 
 Trains, for several seeds, MADEs with one mask set and connectivity- and order-agnostic MADEs
-with R mask sets (scored by one mask set, the one current at the best epoch, and by the ensemble of all R), with early stopping on
+with R mask sets (scored by one mask set, the one current at the best epoch, and by the ensemble of all R), \
+with early stopping on
 the validation NLL, and writes ``experiments/results/digits.json`` and ``digits.md``.
 
     python experiments/digits.py            # about 5 minutes on 2 cores
@@ -20,10 +21,10 @@ from pathlib import Path
 import torch
 
 from flowkit import BernoulliMADE
+from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.baselines import IndependentBernoulli
 from flowkit.data import digits
 from flowkit.train import evaluate, fit
-from flowkit.atomic import write_json, write_text  # noqa: E402
 
 CONFIGS = [
     ("MADE 1x500, 1 mask", dict(hidden=[500], masks=1)),
@@ -74,7 +75,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "digits.json", results)
     lines = [
-        "| model | test NLL, nats (one mask set: the one current at the best epoch) | test NLL, nats (ensemble of all mask sets) | epochs | seconds per run |",
+        "| model | test NLL, nats (one mask set: the one current at the best epoch) "
+        "| test NLL, nats (ensemble of all mask sets) | epochs | seconds per run |",
         "| --- | --- | --- | --- | --- |",
         f"| independent Bernoullis | {independent:.2f} ± {independent_se:.2f} (s.e.) | | | |",
     ]
@@ -86,7 +88,8 @@ def main() -> None:
             spread = f" (min {min(values):.2f}, max {max(values):.2f})" if len(values) > 1 else ""
             return f"{statistics.median(values):.2f}{spread}"
         lines.append(f"| {name} | {cell('test_nll_one_mask')} | {cell('test_nll_ensemble')} | "
-                     f"{statistics.median(r['epochs'] for r in rows):.0f} | {statistics.median(r['seconds'] for r in rows):.1f} |")
+                     f"{statistics.median(r['epochs'] for r in rows):.0f} | "
+                     f"{statistics.median(r['seconds'] for r in rows):.1f} |")
     table = "\n".join(lines)
     note = (f"\nMedian over {args.seeds} seed(s) (min and max beside it); 300 test digits; "
             f"{results['machine']}. Command: `{results['command']}`.\n")

@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import flowkit  # noqa: E402
-from flowkit.vi import log_weights, reverse_kl  # noqa: E402
 from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
+from flowkit.vi import log_weights, reverse_kl  # noqa: E402
 
 Energy = Callable[[Tensor], Tensor]
 SHOWN = 4.0  # the paper's figures show [-4, 4]^2

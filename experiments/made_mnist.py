@@ -42,10 +42,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import flowkit  # noqa: E402
+from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
 from flowkit.data import binarized_mnist, bits_per_dim, load_mnist  # noqa: E402
 from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
-from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, curve, restore_best, unfinished  # noqa: E402
@@ -160,7 +160,8 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
 
 def table(results: dict) -> str:
     lines = ["| run | hidden | masks | published anchor (architecture) | test NLL, mask 0 | test NLL, ensemble "
-             "| best valid NLL | epochs (best) | train time |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| best valid NLL | epochs (best) | train time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results["runs"].items():
         anchor, where = ANCHORS.get(name, ("", ""))
         done = r.get("finished", True)

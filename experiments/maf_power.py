@@ -11,7 +11,8 @@ log-likelihood. Ours: Adam at lr 1e-3, halved after 15 epochs without improvemen
 step of these small flows costs about the same at either size on one CPU thread (14-15 ms), so
 batch 100 would make an epoch five times as long (measured: about 400 s an epoch here while
 other jobs ran; POWER has 1.66M training rows). The minibatch loss is compiled (``fit(compile=True)``),
-which halves the time of a step of these flows on a CPU; the first 8 epochs of MAF(5) ran eager. The NSF-style flow follows the NSF paper's POWER
+which halves the time of a step of these flows on a CPU; the first 8 epochs of MAF(5) ran eager. \
+The NSF-style flow follows the NSF paper's POWER
 configuration: 10 steps of a random permutation, an LU-linear layer and a rational-quadratic
 autoregressive layer (8 bins, tail bound 3) on a residual MADE (256 units, 2 residual blocks), batch
 512, Adam at lr 5e-4 with cosine annealing (the paper anneals over 400,000 steps; we anneal over
@@ -37,9 +38,9 @@ from pathlib import Path
 import torch
 
 import flowkit
+from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.data import load_power
 from flowkit.train import evaluate
-from flowkit.atomic import write_json, write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, curve, restore_best, unfinished  # noqa: E402

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from flowkit.transforms import MaskedAutoregressive
 from flowkit.atomic import write_json  # noqa: E402
+from flowkit.transforms import MaskedAutoregressive
 
 
 def errors(layer, x, context):
@@ -44,8 +44,10 @@ def main() -> None:
                                      transformer_options={"bins": 8, "bound": 3.0} if transformer == "spline" else None)
         context = torch.randn(2000, 3, generator=generator)
         inside = torch.randn(2000, 6, generator=generator)
-        tails = torch.sign(torch.randn(2000, 6, generator=generator)) * torch.empty(2000, 6).uniform_(10, 1000, generator=generator)
-        results[transformer] = {"inside": errors(layer, inside, context), "tails |x| in [10, 1000]": errors(layer, tails, context)}
+        tails = (torch.sign(torch.randn(2000, 6, generator=generator))
+                 * torch.empty(2000, 6).uniform_(10, 1000, generator=generator))
+        results[transformer] = {"inside": errors(layer, inside, context),
+                                "tails |x| in [10, 1000]": errors(layer, tails, context)}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     write_json(out / "roundtrip.json", results)

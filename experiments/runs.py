@@ -36,7 +36,8 @@ def restore_best(model, folder: Path) -> dict[str, Any]:
     model.load_state_dict(state["best_state"])
     model.eval()
     return {"epochs": state["epoch"], "best_epoch": state["history"]["best_epoch"] + 1,
-            "best_valid_nll": state["history"]["best_valid_nll"], "seconds": round(sum(r["seconds"] for r in curve(folder)))}
+            "best_valid_nll": state["history"]["best_valid_nll"],
+            "seconds": round(sum(r["seconds"] for r in curve(folder)))}
 
 
 def curve(folder: Path) -> list[dict[str, Any]]:

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import flowkit  # noqa: E402
+from flowkit.atomic import save_figure, write_json  # noqa: E402
 from flowkit.data import two_moons  # noqa: E402
 from flowkit.plot import density_grid  # noqa: E402
-from flowkit.atomic import save_figure, write_json  # noqa: E402
 
 BOUNDS = (-3.5, 3.5, -2.5, 2.5)
 
@@ -53,7 +53,8 @@ def main() -> None:
     train_data, test_data = two_moons(20000, seed=0), two_moons(5000, seed=1)
     models = {
         "MAF, affine (5 layers, 2x64)": flowkit.MAF(2, 5, [64, 64], seed=0),
-        "MAF, spline (3 layers, 2x64, 8 bins)": flowkit.MAF(2, 3, [64, 64], transformer="spline", bins=8, bound=4.0, seed=0),
+        "MAF, spline (3 layers, 2x64, 8 bins)": flowkit.MAF(2, 3, [64, 64], transformer="spline", bins=8, bound=4.0,
+                                                            seed=0),
         "MADE MoG (10 components, 2x64)": flowkit.MADEMoG(2, 10, [64, 64], seed=0),
     }
     results = {"command": "python experiments/two_moons.py", "steps": args.steps, "models": {}}

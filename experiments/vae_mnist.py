@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import flowkit
+from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.data import binarized_mnist
 from flowkit.train import fit
 from flowkit.vi import amortized_iaf, elbo, log_weights
-from flowkit.atomic import write_json, write_text  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -141,7 +141,8 @@ def main() -> None:
         per_example.append((e, i))
         (elbo_mean, elbo_se), (iwae_mean, iwae_se), (gap, gap_se) = mean_se(e), mean_se(i), mean_se(i - e)
         row = {"posterior": name, "iaf_steps": steps, "elbo": elbo_mean, "elbo_se": elbo_se,
-               "iwae": iwae_mean, "iwae_se": iwae_se, "gap": gap, "gap_se": gap_se, "active_units": active_units(model, test),
+               "iwae": iwae_mean, "iwae_se": iwae_se, "gap": gap, "gap_se": gap_se,
+               "active_units": active_units(model, test),
                "parameters": sum(p.numel() for p in model.parameters()),
                "posterior_parameters": sum(p.numel() for p in model.posterior.parameters()),
                "epochs_run": len(history.train_nll), "best_epoch": history.best_epoch + 1,
@@ -170,7 +171,8 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['posterior']} | {r['elbo']:.2f} ± {r['elbo_se']:.2f} | {r['iwae']:.2f} ± {r['iwae_se']:.2f} "
+        lines.append(f"| {r['posterior']} | {r['elbo']:.2f} ± {r['elbo_se']:.2f} "
+                     f"| {r['iwae']:.2f} ± {r['iwae_se']:.2f} "
                      f"| {r['gap']:.2f} ± {r['gap_se']:.2f} | {r['active_units']}/{args.latent} "
                      f"| {r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |")
     lines += ["", f"IAF minus diagonal, paired over the same test images: ELBO {de:+.2f} ± {de_se:.2f} nats, "

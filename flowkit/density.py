@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +16,25 @@ from flowkit.made import MADE
 from flowkit.validation import check_context, check_int, check_shape, checked, mask_keys
 from flowkit.validation import sample_shape as as_sample_shape
 
-__all__ = ["AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
+__all__ = ["Density", "AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
+
+
+@runtime_checkable
+class Density(Protocol):
+    r"""The density protocol: what :func:`flowkit.train.fit`, :func:`flowkit.train.evaluate` and the
+    ``flowkit`` command accept (with the parameters of an ``nn.Module``).
+
+    ``log_prob(x, context=None)`` returns :math:`\log p(x \mid \text{context})` in nats, one value
+    per example: ``x: (*batch, D)`` to ``(*batch,)``. Every flowkit density and flow is one
+    (:class:`AutoregressiveDensity` and its subclasses, :class:`flowkit.Flow`,
+    :class:`flowkit.DiagonalNormal`).
+
+    Example:
+        >>> isinstance(flowkit.BernoulliMADE(3, [8]), Density), isinstance(torch.nn.Linear(2, 2), Density)
+        (True, False)
+    """
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor: ...
 
 
 class AutoregressiveDensity(nn.Module):
@@ -263,7 +281,7 @@ class AutoregressiveDensity(nn.Module):
         return self.made.layers[0].weight.dtype
 
     def _zeros(self, shape: torch.Size) -> Tensor:
-        dtype = torch.long if isinstance(self.head, Categorical) else self._dtype
+        dtype = self.head.value_dtype or self._dtype
         return torch.zeros(*shape, self.features, dtype=dtype, device=self.made.layers[0].weight.device)
 
 

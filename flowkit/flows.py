@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,27 @@ from flowkit.transforms.base import check_features
 from flowkit.validation import check_context, check_finite, check_int, check_ints, check_option, checked
 from flowkit.validation import sample_shape as as_sample_shape
 
-__all__ = ["StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
+__all__ = ["FlowBase", "StandardNormal", "DiagonalNormal", "Flow", "FlowDistribution", "MAF", "IAF"]
+
+
+@runtime_checkable
+class FlowBase(Protocol):
+    r"""The base protocol: the distribution of the noise :math:`z` that a :class:`Flow` maps to data.
+
+    ``features`` is :math:`D`; ``log_prob(z, context=None)`` maps ``z: (*batch, D)`` to
+    ``(*batch,)``; ``sample(sample_shape=(), context=None, generator=None)`` returns
+    ``sample_shape + context.shape[:-1] + (D,)``. Optional: ``rsample`` (reparameterised draws,
+    for variational inference), ``sample_and_log_prob`` (both in one pass) and
+    ``context_features`` (a conditional base). :class:`StandardNormal`, :class:`DiagonalNormal`
+    and :class:`flowkit.MADEMoG` are bases.
+    """
+
+    features: int
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor: ...
+
+    def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
+               generator: torch.Generator | None = None) -> Tensor: ...
 
 
 def _standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -191,7 +211,7 @@ class Flow(nn.Module):
                 f"expected transform to be a flowkit Transform (a module with forward and inverse), "
                 f"got {type(transform).__name__}"
             )
-        if not isinstance(base, nn.Module) or not hasattr(base, "features") or not hasattr(base, "log_prob"):
+        if not isinstance(base, nn.Module) or not isinstance(base, FlowBase):
             raise FlowkitTypeError(
                 f"expected base to be a density module with features, log_prob and sample (such as "
                 f"StandardNormal or MADEMoG), got {type(base).__name__}"

@@ -20,11 +20,27 @@ __all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
 
 
 class Head(nn.Module):
-    """Base class of the heads. Subclasses set ``params`` and ``columns``."""
+    r"""The head protocol: the conditional :math:`p(x_d \mid \theta_d)` of one feature given the
+    ``params`` numbers :math:`\theta_d` a MADE computes for it, as an
+    :class:`~flowkit.AutoregressiveDensity` uses it.
+
+    A subclass sets
+
+    * ``params``: the parameters per feature :math:`P` (the MADE's outputs per feature);
+    * ``columns``: the network-input columns a value takes once encoded (1; ``K`` for a one-hot
+      categorical value);
+    * ``noise_size``: the standard noise numbers one draw consumes;
+    * ``value_dtype``: the dtype of its values, or ``None`` for the model's floating dtype (a
+      categorical head's values are ``torch.long`` codes);
+
+    and implements :meth:`validate` (the support check), :meth:`encode` (values to network input),
+    :meth:`log_prob`, and sampling split into :meth:`noise` and a deterministic :meth:`draw`.
+    """
 
     params: int
     columns: int
     noise_size: int
+    value_dtype: torch.dtype | None = None
 
     def validate(self, x: Tensor) -> Tensor:
         """Checks that ``x`` lies in the support and returns it in the head's value dtype."""
@@ -117,6 +133,7 @@ class Categorical(Head):
         tensor([[0., 0., 1., 1., 0., 0.]])
     """
 
+    value_dtype = torch.long
     columns: int
 
     def __init__(self, categories: int):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from flowkit.atomic import atomic_path, load_torch, save_torch
+from flowkit.density import Density
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
 from flowkit.validation import check_float, check_int
 
@@ -60,7 +61,7 @@ class History:
 
 
 def fit(
-    model: nn.Module,
+    model: Density,
     train: Tensor,
     valid: Tensor | None = None,
     *,
@@ -155,6 +156,7 @@ def fit(
         raise FlowkitValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
     if resume and checkpoint is None:
         raise FlowkitValueError("resume=True needs a checkpoint path, got checkpoint=None")
+    _check_density(model)
     made = getattr(model, "made", None)
     fresh = masks == "fresh"
     if fresh and not hasattr(made, "draw_masks"):
@@ -259,7 +261,7 @@ def fit(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Tensor, *, ensemble: int | None = None, keys: int | None = None,
+    model: Density, data: Tensor, *, ensemble: int | None = None, keys: int | None = None,
     batch_size: int = 1000,
 ) -> tuple[float, float]:
     """Mean negative log-likelihood of ``data`` in nats and its standard error (NaN for one row).
@@ -274,6 +276,7 @@ def evaluate(
         >>> se
         0.0
     """
+    _check_density(model)
     if not isinstance(data, Tensor):
         raise FlowkitTypeError(f"expected data to be a torch.Tensor, got {type(data).__name__}")
     if data.dim() < 1 or len(data) == 0:
@@ -287,6 +290,12 @@ def evaluate(
     model.train(was_training)
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
     return float(nll.mean()), stderr
+
+
+def _check_density(model: Any) -> None:
+    if not isinstance(model, nn.Module) or not isinstance(model, Density):
+        raise FlowkitTypeError(f"expected model to be a density (a torch module with log_prob(x, context=None), "
+                               f"see flowkit.density.Density), got {type(model).__name__}")
 
 
 def _minibatches(order: Tensor, batch_size: int) -> tuple[Tensor, ...]:

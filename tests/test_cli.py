@@ -52,7 +52,8 @@ def test_module_entry_point_prints_help():
     assert done.returncode == 0
     for option in ["--data", "--model", "--out", "--hidden", "--masks", "--order-agnostic", "--epochs"]:
         assert option in done.stdout
-    unknown = subprocess.run([sys.executable, "-m", "flowkit", "fit", "--model", "gauss"], capture_output=True, text=True)
+    unknown = subprocess.run([sys.executable, "-m", "flowkit", "fit", "--model", "gauss"],
+                             capture_output=True, text=True)
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr and "Traceback" not in unknown.stderr
 
 

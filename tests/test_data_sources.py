@@ -19,7 +19,6 @@ from flowkit.data.mnist import ArrayUnpickler, UnsafePickleError, binarized_mnis
 from flowkit.data.power import FEATURES, load_power, preprocess_power, read_power_csv
 from flowkit.data.toy import TOY, checkerboard, eight_gaussians, rings
 
-
 USER_CACHE = os.environ.get("FLOWKIT_DATA")
 
 
@@ -198,7 +197,8 @@ def test_binarized_mnist_is_a_seeded_bernoulli_draw_and_cached(tmp_path, monkeyp
 
 # POWER
 
-HEADER = "date_time,Global_active_power,Global_reactive_power,Voltage,Global_intensity,Sub_metering_1,Sub_metering_2,Sub_metering_3"
+HEADER = ("date_time,Global_active_power,Global_reactive_power,Voltage,Global_intensity,"
+          "Sub_metering_1,Sub_metering_2,Sub_metering_3")
 
 
 def _power_csv(path, days=3, copied=(1500, 1501, 1502, 3000)):
@@ -298,7 +298,8 @@ def test_load_file_inference_boundaries(tmp_path):
     np.save(tmp_path / "big.npy", np.array([[0, 256], [3, 1]]))
     np.save(tmp_path / "negative.npy", np.array([[0, -1], [3, 1]]))
     np.save(tmp_path / "top.npy", np.array([[0.0, 255.0], [3.0, 1.0]]))
-    assert load_file(tmp_path / "big.npy")[1:] == ("continuous", "continuous: integers up to 256, not below 256 (2 x 2)")
+    assert load_file(tmp_path / "big.npy")[1:] == (
+        "continuous", "continuous: integers up to 256, not below 256 (2 x 2)")
     assert "negative values -1" in load_file(tmp_path / "negative.npy")[2]
     x, kind, message = load_file(tmp_path / "top.npy")
     assert kind == "categorical" and "K = 256" in message and x.dtype == torch.long
@@ -325,7 +326,8 @@ def test_load_file_declared_kinds(tmp_path):
 @pytest.mark.parametrize(
     ("name", "array", "error"),
     [
-        ("nan.npy", np.array([[0.0, np.nan], [1.0, 2.0]]), r"finite values.*1 NaN or inf, the first nan at row 0, column 1"),
+        ("nan.npy", np.array([[0.0, np.nan], [1.0, 2.0]]),
+         r"finite values.*1 NaN or inf, the first nan at row 0, column 1"),
         ("inf.npy", np.array([[0.0, 1.0], [np.inf, 2.0]]), r"finite values"),
         ("flat.npy", np.arange(5.0), r"2-D array \(N, D\) in flat.npy, got shape \(5,\)"),
         ("one.npy", np.zeros((1, 3)), r"at least 2 rows in one.npy, got 1"),
@@ -378,7 +380,8 @@ def test_toy_geometry():
     modes = torch.round(torch.atan2(x[:, 1], x[:, 0]) / (torch.pi / 4)).long() % 8
     assert torch.bincount(modes, minlength=8).min() > 400
     radius = rings(4000).norm(dim=-1)
-    nearest = torch.tensor([0.5, 1.0, 1.5, 2.0])[(radius[:, None] - torch.tensor([0.5, 1.0, 1.5, 2.0])).abs().argmin(-1)]
+    ring_radii = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    nearest = ring_radii[(radius[:, None] - ring_radii).abs().argmin(-1)]
     assert (radius - nearest).abs().max() < 0.15
     board = checkerboard(4000)
     assert (board.abs() <= 2).all()

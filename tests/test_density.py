@@ -1,7 +1,7 @@
 """Tests of the autoregressive densities: exact normalisation, ensembles, sampling, completion."""
 
-import io
 import copy
+import io
 import itertools
 
 import numpy as np

@@ -11,23 +11,43 @@ from torch import nn
 
 import flowkit
 from flowkit import masks as M
+from flowkit.baselines import IndependentBernoulli
 from flowkit.data import binarize, bits_per_dim, dequantize, digits, logit_transform, two_moons
 from flowkit.data.fetch import ChecksumError, DataUnavailableError
 from flowkit.data.mnist import UnsafePickleError, binarized_mnist
 from flowkit.data.power import load_power, preprocess_power
-from flowkit.baselines import IndependentBernoulli
 from flowkit.density import AutoregressiveDensity
 from flowkit.engine import autoregressive
 from flowkit.errors import FileProblem, FlowkitError, FlowkitTypeError, FlowkitValueError
 from flowkit.flows import DiagonalNormal, StandardNormal
 from flowkit.heads import Bernoulli
 from flowkit.transforms import (
-    Affine, BatchNorm, Composite, InputOutsideDomain, LULinear, MaskedAutoregressive, Permutation,
-    RandomPermutation, RationalQuadraticSpline, ReversePermutation, rational_quadratic_spline,
+    Affine,
+    BatchNorm,
+    Composite,
+    InputOutsideDomain,
+    LULinear,
+    MaskedAutoregressive,
+    Permutation,
+    RandomPermutation,
+    RationalQuadraticSpline,
+    ReversePermutation,
+    rational_quadratic_spline,
 )
 from flowkit.validation import (
-    NumberTypeError, check_context, check_finite, check_float, check_int, check_ints, check_option,
-    check_permutation, check_shape, mask_keys, raise_not_finite, require, sample_shape,
+    NumberTypeError,
+    check_context,
+    check_finite,
+    check_float,
+    check_int,
+    check_ints,
+    check_option,
+    check_permutation,
+    check_shape,
+    mask_keys,
+    raise_not_finite,
+    require,
+    sample_shape,
 )
 from flowkit.vi import amortized_iaf, elbo, iwae
 
@@ -154,7 +174,7 @@ CATALOGUE = [
     ("Flow missing context", lambda: flowkit.MAF(2, 1, [8], context_features=3, seed=0).sample(2), V, "context"),
     ("Flow transform type", lambda: flowkit.Flow("t", StandardNormal(2)), T, "transform"),
     ("Flow base type", lambda: flowkit.Flow(Composite([]), object()), T, "base"),
-    ("Flow base context", lambda: flowkit.Flow(Composite([]), DiagonalNormal(2, 3)), V, "context_features"),
+    ("Flow base context", lambda: flowkit.Flow(Composite([]), DiagonalNormal(2, 3), 2), V, "context_features"),
     ("Flow context_features", lambda: flowkit.Flow(Composite([]), StandardNormal(2), -1), V, "context_features"),
     ("StandardNormal features", lambda: StandardNormal(0), V, "features"),
     ("DiagonalNormal features", lambda: DiagonalNormal(0), V, "features"),

@@ -10,9 +10,9 @@ import torch
 
 import flowkit
 from flowkit import MADE, check_autoregressive
-from flowkit.train import fit
 from flowkit import masks as M
 from flowkit.engine import autoregressive
+from flowkit.train import fit
 
 pytestmark = pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
 

@@ -26,7 +26,7 @@ class TestBernoulli:
         head = Bernoulli()
         ones = head.log_prob(logits[:, None], torch.ones(4, dtype=torch.float64))
         zeros = head.log_prob(logits[:, None], torch.zeros(4, dtype=torch.float64))
-        sigmoid = [1 / (1 + math.exp(-l)) for l in logits.tolist()]
+        sigmoid = [1 / (1 + math.exp(-logit)) for logit in logits.tolist()]
         torch.testing.assert_close(ones, torch.tensor([math.log(s) for s in sigmoid], dtype=torch.float64))
         torch.testing.assert_close(zeros, torch.tensor([math.log(1 - s) for s in sigmoid], dtype=torch.float64))
 

@@ -81,7 +81,6 @@ from flowkit import (
     BernoulliMADE,
     CategoricalMADE,
     DiagonalNormal,
-    Flow,
     FlowkitError,
     MADEMoG,
 )
@@ -204,7 +203,8 @@ def assert_tensor(value, shape, dtype, what: str) -> None:
 
 def assert_finite(value: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(value)
-    assert not bool(bad.any()), f"{what}: non-finite values for valid input at {bad.nonzero().tolist()[:5]}: {describe(value)}"
+    assert not bool(bad.any()), (f"{what}: non-finite values for valid input at {bad.nonzero().tolist()[:5]}: "
+                                 f"{describe(value)}")
 
 
 def assert_no_nan(value: torch.Tensor, what: str) -> None:
@@ -244,7 +244,8 @@ def assert_state_kept(model: nn.Module, before: dict[str, torch.Tensor], refused
             continue
         same = now.shape == value.shape and bool(torch.equal(now, value) or torch.allclose(
             now.double(), value.double(), rtol=0, atol=0, equal_nan=True))
-        assert same, f"{'a refused' if refused else 'the'} call changed {name}: {value.flatten()[:6].tolist()} -> {now.flatten()[:6].tolist()}"
+        assert same, (f"{'a refused' if refused else 'the'} call changed {name}: "
+                      f"{value.flatten()[:6].tolist()} -> {now.flatten()[:6].tolist()}")
 
 
 # --- tensors ----------------------------------------------------------------------------------
@@ -525,7 +526,8 @@ def x_case(draw, kind: str, D: int, batch: tuple, categories: int = 0):
     x = base
     if what == "other_dtype":
         dtype = draw(st.sampled_from(dtypes), label="x dtype")
-        x = base.to(dtype) if dtype.is_floating_point or kind in ("bernoulli", "categorical") else base.round().to(dtype)
+        x = (base.to(dtype) if dtype.is_floating_point or kind in ("bernoulli", "categorical")
+             else base.round().to(dtype))
     if x.numel() and what in ("extreme", "tiny", "nonfinite", "outside"):
         pool = {"extreme": EXTREMES, "tiny": TINY, "nonfinite": NONFINITE,
                 "outside": outside or EXTREMES}[what]
@@ -1233,10 +1235,12 @@ def test_constructors_refuse_bad_options(data):
         "categorical": {"categories": [1, 0, -2, True, 2.5, "3", None]},
         "mog": {"components": [0, -1, True, 1.5, None]},
         "maf": {"transforms": [0, -1, True, 1.5], "transformer": ["cubic", None], "linear": ["qr", True],
-                "permutation": ["sideways", True], "bins": [0, -1, True, 1.5], "bound": [0, -1.0, math.inf, math.nan, True]},
+                "permutation": ["sideways", True], "bins": [0, -1, True, 1.5],
+                "bound": [0, -1.0, math.inf, math.nan, True]},
         "iaf": {"transforms": [0, True], "transformer": ["cubic"], "bins": [0], "bound": [0.0, math.nan]},
         "diagonal": {"features": BAD_COUNTS, "context_features": [-1, True, 1.5]},
-        "lu": {"features": BAD_COUNTS, "permutation": [[0, 0, 1], [0, 1], [3, 4, 5]], "eps": [0.0, -1.0, 1.0, math.nan]},
+        "lu": {"features": BAD_COUNTS, "permutation": [[0, 0, 1], [0, 1], [3, 4, 5]],
+               "eps": [0.0, -1.0, 1.0, math.nan]},
         "batch_norm": {"features": BAD_COUNTS, "eps": [0.0, -1.0, math.nan], "momentum": [0.0, 1.5, math.nan]},
         "permutation": {"permutation": [[0, 0], [1, 2], [], [[0, 1]], [0.5, 1.5]]},
         "spline": {"bins": [0, -1, True, 1.5], "bound": [0.0, -1.0, math.inf, math.nan],

@@ -76,7 +76,8 @@ def test_a_refit_without_resume_or_overwrite_is_refused_and_touches_nothing(digi
 def test_a_refused_resume_leaves_config_and_checkpoint_alone(digits_run, tmp_path, capsys):
     run = copy_of(digits_run, tmp_path)
     before = snapshot(run)
-    for changed, expected in [(["--lr", "0.01"], "lr 0.001 -> 0.01"), (["--batch-size", "400"], "batch_size 500 -> 400"),
+    for changed, expected in [(["--lr", "0.01"], "lr 0.001 -> 0.01"),
+                              (["--batch-size", "400"], "batch_size 500 -> 400"),
                               (["--hidden", "32"], "hidden [16] -> [32]")]:
         argv = ["fit", "--out", str(run), "--epochs", "3", *DIGITS, "--resume", *changed]
         assert main(argv) == 2

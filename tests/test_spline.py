@@ -293,7 +293,8 @@ class TestModule:
 
     def test_repr(self):
         assert repr(RationalQuadraticSpline()) == (
-            "RationalQuadraticSpline(bins=8, bound=3.0, min_bin_width=0.001, min_bin_height=0.001, min_derivative=0.001)"
+            "RationalQuadraticSpline(bins=8, bound=3.0, min_bin_width=0.001, min_bin_height=0.001, "
+            "min_derivative=0.001)"
         )
 
 

@@ -4,7 +4,6 @@ checkpoints, exact resuming, lr schedules, gradient clipping and metric logs."""
 import csv
 import json
 import math
-
 from pathlib import Path
 
 import pytest

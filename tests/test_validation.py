@@ -53,7 +53,8 @@ def test_a_bernoulli_made_names_what_is_wrong(value, message):
 
 
 @pytest.mark.parametrize("value, message", [(float("nan"), "x contains NaN"), (float("inf"), "x contains infinite"),
-                                            (1.5, "non-integer"), (3.0, "categories in 0..2"), (-1, "categories in 0..2")])
+                                            (1.5, "non-integer"), (3.0, "categories in 0..2"),
+                                            (-1, "categories in 0..2")])
 def test_a_categorical_made_names_what_is_wrong(value, message):
     with pytest.raises(ValueError, match=message):
         flowkit.CategoricalMADE(2, 3, [8], seed=0).log_prob(torch.tensor([[1.0, value]]))

@@ -2,7 +2,7 @@
 layers, batch norm."""
 
 from flowkit.transforms.autoregressive import Affine, MaskedAutoregressive
-from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform
+from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform, Transformer
 from flowkit.transforms.linear import LULinear
 from flowkit.transforms.normalization import BatchNorm
 from flowkit.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
@@ -10,6 +10,7 @@ from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadrati
 
 __all__ = [
     "Transform",
+    "Transformer",
     "Composite",
     "Inverse",
     "InputOutsideDomain",

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from flowkit.engine import autoregressive
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import MADE
-from flowkit.transforms.base import Transform, check_features
+from flowkit.transforms.base import Transform, Transformer, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
 from flowkit.validation import check_context, check_finite, check_float, check_option
 
@@ -27,7 +27,7 @@ IDENTITY_WEIGHT_BOUND = 1e-3
 """The largest output weight of a MADE when a :class:`MaskedAutoregressive` starts at the identity."""
 
 
-class Affine(nn.Module):
+class Affine(Transformer):
     r"""The affine transformer, data to noise: :math:`y = s x + t`, :math:`\log|dy/dx| = \log s`.
 
     The scale is :math:`s = \operatorname{softplus}(u) + \epsilon`: positive, growing linearly
@@ -75,8 +75,11 @@ class Affine(nn.Module):
         return (y - shift) / scale, -torch.log(scale)
 
 
-def make_transformer(transformer: str | nn.Module, **options: Any) -> nn.Module:
-    """An elementwise transformer from its name (``"affine"`` or ``"spline"``) and options."""
+def make_transformer(transformer: str | Transformer, **options: Any) -> Transformer:
+    """An elementwise transformer (:class:`~flowkit.transforms.Transformer`) from its name
+    (``"affine"`` or ``"spline"``) and options, or the given instance. A module that is not a
+    ``Transformer`` but has ``params``, ``forward(x, params)`` and ``inverse(y, params)`` is taken
+    as one."""
     if isinstance(transformer, nn.Module):
         missing = [name for name in ("params", "forward", "inverse") if not hasattr(transformer, name)]
         if missing:
@@ -158,12 +161,13 @@ class MaskedAutoregressive(Transform):
         self.transformer = make_transformer(transformer, **(transformer_options or {}))
         self.made = MADE(features, hidden_features, params=self.transformer.params,
                          context_features=context_features, **made_options)
-        if identity_init and hasattr(self.transformer, "identity_params"):
-            self._start_at_identity()
+        identity = getattr(self.transformer, "identity_params", lambda: None)() if identity_init else None
+        if identity is not None:
+            self._start_at(identity)
 
-    def _start_at_identity(self) -> None:
+    def _start_at(self, identity: Tensor) -> None:
         output = self.made.layers[-1]  # rows d * P .. d * P + P - 1 belong to feature d
-        identity = self.transformer.identity_params().to(output.bias)
+        identity = identity.to(output.bias)
         with torch.no_grad():
             largest = output.weight.abs().max()
             if largest > 0:

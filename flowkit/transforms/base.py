@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.validation import check_shape
 
-__all__ = ["Transform", "Composite", "Inverse", "InputOutsideDomain"]
+__all__ = ["Transform", "Transformer", "Composite", "Inverse", "InputOutsideDomain"]
 
 
 class InputOutsideDomain(FlowkitValueError):
@@ -37,6 +37,39 @@ class Transform(nn.Module):
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+
+class Transformer(nn.Module):
+    r"""The elementwise transformer protocol: an invertible map of each element :math:`x_d` given
+    its own parameters :math:`	heta_d` (which a conditioner, such as a MADE, computes), with the
+    elementwise log-derivative.
+
+    .. math:: (y_d, \log|\partial y_d / \partial x_d|) = 	au(x_d; 	heta_d)
+
+    A subclass sets ``params``, the number of parameters per element :math:`P`, and implements
+
+    * ``forward(x, params) -> (y, logabsdet)``: ``x: (*batch, D)``, ``params: (*batch, D, P)``,
+      ``y`` and ``logabsdet`` ``(*batch, D)`` (the data-to-noise direction of a MAF layer);
+    * ``inverse(y, params) -> (x, logabsdet)``: the inverse, with the log-derivative of the map it
+      applies (the negative of forward's at the same point);
+    * optionally ``identity_params() -> (P,)``: parameters that make the map the identity, which
+      :class:`~flowkit.transforms.MaskedAutoregressive` starts from (``None``: there are none).
+
+    :class:`~flowkit.transforms.Affine` and :class:`~flowkit.transforms.RationalQuadraticSpline` are
+    the two that flowkit has.
+    """
+
+    params: int
+
+    def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def identity_params(self) -> Tensor | None:
+        """The parameters ``(P,)`` of the identity map, or ``None`` when the transformer has none."""
+        return None
 
 
 class Composite(Transform):

@@ -13,9 +13,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.transforms.base import Transformer
 from flowkit.validation import check_float, check_int
 
 __all__ = ["rational_quadratic_spline", "RationalQuadraticSpline"]
@@ -158,7 +159,7 @@ def rational_quadratic_spline(
     return y, ladj
 
 
-class RationalQuadraticSpline(nn.Module):
+class RationalQuadraticSpline(Transformer):
     r"""The monotonic rational-quadratic spline as an elementwise transformer.
 
     Durkan et al., *Neural Spline Flows* (NeurIPS 2019). Each element :math:`x` is mapped by its

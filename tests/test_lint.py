@@ -1,0 +1,14 @@
+"""The code passes the project's lint configuration (``[tool.ruff]`` in pyproject.toml: pycodestyle,
+pyflakes, import sorting, lines of at most 120 characters), as CI checks it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_finds_nothing():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "flowkit", "tests", "experiments"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
