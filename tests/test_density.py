@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+import flowkit
 import flowkit.density as density_module
 from flowkit import MADE, AutoregressiveDensity, BernoulliMADE, CategoricalMADE, ConnectivityWarning
 from flowkit.heads import Bernoulli, Categorical
@@ -673,3 +674,29 @@ class TestCUDA:
             context = torch.randn(len(x), 2, generator=torch.Generator().manual_seed(0))
             torch.testing.assert_close(restored.log_prob(x, context),
                                        model.log_prob(x.cuda(), context.cuda()).cpu(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
+@pytest.mark.parametrize("make", [
+    lambda: flowkit.BernoulliMADE(5, [16], num_masks=3, order_agnostic=True, seed=0),
+    lambda: flowkit.CategoricalMADE(4, 3, [16], num_masks=2, seed=1),
+    lambda: flowkit.MADEMoG(3, 2, [16], context_features=2, seed=2),
+    lambda: flowkit.BernoulliMADE(5, [16], residual_blocks=1, direct=True, seed=3),
+])
+@pytest.mark.parametrize("grad", [False, True])
+def test_sample_and_log_prob_is_sample_with_the_exact_log_prob(make, grad):
+    model = make().eval()
+    context = torch.randn(4, model.context_features) if model.context_features else None
+    shape = (3,) if context is None else (2,)
+    with torch.set_grad_enabled(grad):
+        x, log_p = model.sample_and_log_prob(shape, context, generator=torch.Generator().manual_seed(0))
+        expected = model.sample(shape, context, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(x, expected, atol=1e-6)  # equal, up to rounding for a continuous head
+        assert log_p.shape == x.shape[:-1]
+        assert torch.allclose(log_p, model.log_prob(x, context), atol=1e-5)
+        if model.made.num_masks > 1:
+            x, log_p = model.sample_and_log_prob(6, ensemble=2, generator=torch.Generator().manual_seed(1))
+            assert torch.allclose(log_p, model.log_prob(x, ensemble=2), atol=1e-5)
+    if grad and isinstance(model, flowkit.MADEMoG):
+        log_p.sum().backward()  # the log-probabilities carry gradients to the network
+        assert model.made.layers[-1].weight.grad is not None
