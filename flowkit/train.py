@@ -165,98 +165,139 @@ def fit(
     state = _read_checkpoint(checkpoint, settings) if resume and Path(checkpoint).exists() else None
     device = _device_of(model) if device is None else torch.device(device)
     model.to(device)
-    optimizer = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam)(
-        model.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = _scheduler(optimizer, lr_schedule, epochs, patience)
-    generator = torch.Generator().manual_seed(seed)
-    scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
-    history = History()
-    best_state = copy.deepcopy(model.state_dict())
-    start, stopped, step, log_rows = 0, False, 0, []
+    run = _Run.start(model, device, optimizer, lr, weight_decay, lr_schedule, epochs, patience, seed)
     if state is not None:
-        _load_state(model, state["model"], checkpoint)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history = History.from_dict(state["history"])
-        best_state, start, stopped = state["best_state"], state["epoch"], state["stopped"]
-        step = state.get("step", start * math.ceil(len(train) / batch_size))  # the minibatches run
-        history.stopped_early = stopped  # checkpoints written before History had the field
-        log_rows = state.get("log") or _rows_before(log, log_format, start)
+        run.restore(state, checkpoint, math.ceil(len(train) / batch_size))
+        run.log = state.get("log") or _rows_before(log, log_format, run.epoch)
     if log is not None:
-        _write_log(log, log_format, log_rows)  # the rows of the checkpoint's epochs, none past it
+        _write_log(log, log_format, run.log)  # the rows of the checkpoint's epochs, none past it
 
     def minibatch_loss(x: Tensor) -> Tensor:
         return -model.log_prob(x).mean()
 
     if compile:
         minibatch_loss = torch.compile(minibatch_loss)
+    scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
     began_fit = time.perf_counter()
-    epoch_range = range(start, start if stopped else epochs)
+    epoch_range = range(run.epoch, run.epoch if run.stopped else epochs)
     if progress:
         from tqdm.auto import tqdm
 
-        epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=start, total=epochs)
+        epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
     for epoch in epoch_range:
         began = time.perf_counter()
-        model.train()
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        total = 0.0
-        for indices in _minibatches(torch.randperm(len(train), generator=generator), batch_size):
-            if fresh:
-                made.draw_masks(step)
-            step += 1
-            loss = minibatch_loss(train[indices].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(indices)
-            if not fresh and made is not None and made.num_masks > 1:
-                made.next_mask()
-        history.train_nll.append(total / len(train))
-        score = None
-        if valid is not None:
-            score, _ = evaluate(model, valid, batch_size=max(batch_size, 1000), **scoring)
-            history.valid_nll.append(score)
-            if score < history.best_valid_nll:
-                history.best_valid_nll, history.best_epoch = score, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stopped = history.stopped_early = epoch - history.best_epoch >= patience
-        if lr_schedule == "plateau":
-            scheduler.step(score)
-        elif scheduler is not None:
-            scheduler.step()
-        log_rows.append(dict(epoch=epoch + 1, train_nll=history.train_nll[-1], valid_nll=score,
-                             lr=history.lr[-1], seconds=time.perf_counter() - began))
+        train_nll = run.train_epoch(train, batch_size, minibatch_loss, masks, clip)
+        score = None if valid is None else run.validate(valid, max(batch_size, 1000), scoring, patience)
+        run.end_epoch(score, lr_schedule)
+        run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
+                            seconds=time.perf_counter() - began))
         if checkpoint is not None:
-            save_torch({
-                "settings": settings, "epoch": epoch + 1, "stopped": stopped, "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "history": history.to_dict(), "best_state": best_state, "log": log_rows,
-            }, checkpoint)
+            save_torch(run.state(settings), checkpoint)
         if log is not None:  # after the checkpoint, which holds the rows too: a resume rewrites them
-            _write_log(log, log_format, log_rows)
+            _write_log(log, log_format, run.log)
         if progress:
-            epoch_range.set_postfix(train=f"{history.train_nll[-1]:.3f}",
-                                    **({} if score is None else {"valid": f"{score:.3f}"}))
-        if stopped or (time_limit is not None and time.perf_counter() - began_fit >= time_limit):
+            epoch_range.set_postfix(train=f"{train_nll:.3f}", **({} if score is None else {"valid": f"{score:.3f}"}))
+        if run.stopped or (time_limit is not None and time.perf_counter() - began_fit >= time_limit):
             break
     if valid is not None:
-        model.load_state_dict(best_state)
+        model.load_state_dict(run.best_state)
     if fresh:
         made.draw_masks(0)
     model.eval()
-    return history
+    return run.history
+
+
+@dataclass
+class _Run:
+    """The state of a run between epochs, as a checkpoint holds it, and the steps of an epoch."""
+
+    model: nn.Module
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    best_state: dict[str, Tensor]
+    history: History = field(default_factory=History)
+    epoch: int = 0  # the epochs finished
+    stopped: bool = False  # by early stopping
+    step: int = 0  # the minibatches run, over the whole run (the mask keys of fresh masks)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, model: nn.Module, device: torch.device, optimizer: str, lr: float, weight_decay: float,
+              lr_schedule: str, epochs: int, patience: int, seed: int) -> _Run:
+        kind = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+        optimizer = kind(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return cls(model, device, optimizer, _scheduler(optimizer, lr_schedule, epochs, patience),
+                   torch.Generator().manual_seed(seed), copy.deepcopy(model.state_dict()))
+
+    def restore(self, state: dict[str, Any], path: str | Path, steps_per_epoch: int) -> None:
+        """Continues from a checkpoint's ``state`` (read from ``path``)."""
+        _load_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history = History.from_dict(state["history"])
+        self.best_state, self.epoch, self.stopped = state["best_state"], state["epoch"], state["stopped"]
+        self.step = state.get("step", self.epoch * steps_per_epoch)  # checkpoints before the field
+        self.history.stopped_early = self.stopped  # checkpoints written before History had the field
+
+    def state(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint holds after the epochs finished so far."""
+        return {
+            "settings": settings, "epoch": self.epoch, "stopped": self.stopped, "step": self.step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "generator": self.generator.get_state(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "history": self.history.to_dict(), "best_state": self.best_state, "log": self.log,
+        }
+
+    def train_epoch(self, train: Tensor, batch_size: int, minibatch_loss, masks: str, clip: float | None) -> float:
+        """One pass over ``train`` in a fresh random order; returns the mean training NLL."""
+        model, made = self.model, getattr(self.model, "made", None)
+        model.train()
+        self.history.lr.append(self.optimizer.param_groups[0]["lr"])
+        total = 0.0
+        for indices in _minibatches(torch.randperm(len(train), generator=self.generator), batch_size):
+            if masks == "fresh":
+                made.draw_masks(self.step)
+            self.step += 1
+            loss = minibatch_loss(train[indices].to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            self.optimizer.step()
+            total += float(loss.detach()) * len(indices)
+            if masks == "cycle" and made is not None and made.num_masks > 1:
+                made.next_mask()
+        self.history.train_nll.append(total / len(train))
+        return self.history.train_nll[-1]
+
+    def validate(self, valid: Tensor, batch_size: int, scoring: dict[str, Any], patience: int) -> float:
+        """Scores ``valid``, keeps the best weights and decides early stopping; returns the NLL."""
+        score, _ = evaluate(self.model, valid, batch_size=batch_size, **scoring)
+        history = self.history
+        history.valid_nll.append(score)
+        if score < history.best_valid_nll:
+            history.best_valid_nll, history.best_epoch = score, self.epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.stopped = history.stopped_early = self.epoch - history.best_epoch >= patience
+        return score
+
+    def end_epoch(self, score: float | None, lr_schedule: str) -> None:
+        """Steps the learning-rate schedule and counts the epoch as finished."""
+        if lr_schedule == "plateau":
+            self.scheduler.step(score)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        self.epoch += 1
 
 
 @torch.no_grad()
