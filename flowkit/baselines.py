@@ -30,7 +30,7 @@ class IndependentBernoulli(nn.Module):
             raise FlowkitValueError(f"expected train of shape (N, D) with N >= 1, got {tuple(train.shape)}")
         smoothing = check_float("smoothing", smoothing, least=0)
         self.head = Bernoulli()
-        x = self.head.validate(train).double()
+        x = self.head.check_support(train).double()
         p = (x.sum(0) + smoothing) / (len(x) + 2 * smoothing)
         self.register_buffer("log_p", torch.log(p).float())
         self.register_buffer("log_q", torch.log1p(-p).float())
@@ -38,5 +38,5 @@ class IndependentBernoulli(nn.Module):
     def log_prob(self, x: Tensor, ensemble: int | None = None) -> Tensor:
         """Log-probability in nats, ``x: (*batch, D)`` to ``(*batch,)``; ``ensemble`` is ignored."""
         check_shape("x", x, self.log_p.shape[0])
-        x = self.head.validate(x)
+        x = self.head.check_support(x)
         return torch.where(x.bool(), self.log_p, self.log_q).sum(-1)

@@ -313,7 +313,7 @@ class AutoregressiveDensity(nn.Module):
 
     def _check_x(self, x: Tensor) -> Tensor:
         check_shape("x", x, self.features)
-        return self.head.validate(x)
+        return self.head.check_support(x)
 
     def _check_ensemble(self, ensemble: int) -> int:
         R = self.made.num_masks

@@ -33,7 +33,7 @@ class Head(nn.Module):
     * ``value_dtype``: the dtype of its values, or ``None`` for the model's floating dtype (a
       categorical head's values are ``torch.long`` codes);
 
-    and implements :meth:`validate` (the support check), :meth:`encode` (values to network input),
+    and implements :meth:`check_support` (the support check), :meth:`encode` (values to network input),
     :meth:`log_prob`, and sampling split into :meth:`noise` and a deterministic :meth:`draw`.
     """
 
@@ -42,7 +42,7 @@ class Head(nn.Module):
     noise_size: int
     value_dtype: torch.dtype | None = None
 
-    def validate(self, x: Tensor) -> Tensor:
+    def check_support(self, x: Tensor) -> Tensor:
         """Checks that ``x`` lies in the support and returns it in the head's value dtype."""
         raise NotImplementedError
 
@@ -91,7 +91,7 @@ class Bernoulli(Head):
     params = 1
     columns = 1
 
-    def validate(self, x: Tensor) -> Tensor:
+    def check_support(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
             return x.float()
         if validation_enabled():  # one pass: NaN and infinities fail it too
@@ -144,7 +144,7 @@ class Categorical(Head):
         self.columns = categories
         self.noise_size = categories
 
-    def validate(self, x: Tensor) -> Tensor:
+    def check_support(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
             raise FlowkitTypeError(
                 "expected x to be integer category indices for a categorical model, got dtype torch.bool"
@@ -215,7 +215,7 @@ class GaussianMixture(Head):
         self.params = 3 * components
         self.noise_size = components + 1
 
-    def validate(self, x: Tensor) -> Tensor:
+    def check_support(self, x: Tensor) -> Tensor:
         if not x.dtype.is_floating_point:
             x = x.float()
         check_finite("x", x)

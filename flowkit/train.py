@@ -187,7 +187,7 @@ def fit(
     for epoch in epoch_range:
         began = time.perf_counter()
         train_nll = run.train_epoch(train, batch_size, minibatch_loss, masks, clip)
-        score = None if valid is None else run.validate(valid, max(batch_size, 1000), scoring, patience)
+        score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
         run.end_epoch(score, lr_schedule)
         run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
                             seconds=time.perf_counter() - began))
@@ -279,7 +279,7 @@ class _Run:
         self.history.train_nll.append(total / len(train))
         return self.history.train_nll[-1]
 
-    def validate(self, valid: Tensor, batch_size: int, scoring: dict[str, Any], patience: int) -> float:
+    def score_validation(self, valid: Tensor, batch_size: int, scoring: dict[str, Any], patience: int) -> float:
         """Scores ``valid``, keeps the best weights and decides early stopping; returns the NLL."""
         score, _ = evaluate(self.model, valid, batch_size=batch_size, **scoring)
         history = self.history

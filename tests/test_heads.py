@@ -80,13 +80,13 @@ class TestBernoulli:
 
     def test_validate_accepts_binary_and_bool(self):
         head = Bernoulli()
-        x = head.validate(torch.tensor([[True, False], [False, True]]))
+        x = head.check_support(torch.tensor([[True, False], [False, True]]))
         assert x.dtype.is_floating_point
         assert torch.equal(x, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        ints = head.validate(torch.tensor([0, 1, 1]))
+        ints = head.check_support(torch.tensor([0, 1, 1]))
         assert ints.dtype.is_floating_point and ints.tolist() == [0.0, 1.0, 1.0]
         doubles = torch.tensor([0.0, 1.0], dtype=torch.float64)
-        assert head.validate(doubles).dtype == torch.float64
+        assert head.check_support(doubles).dtype == torch.float64
 
     @pytest.mark.parametrize(
         "x, error, match",
@@ -100,14 +100,14 @@ class TestBernoulli:
     )
     def test_validate_rejects(self, x, error, match):
         with pytest.raises(error, match=match):
-            Bernoulli().validate(x)
+            Bernoulli().check_support(x)
 
     def test_validation_switch(self):
         x = torch.tensor([0.0, 0.5])
         with flowkit.validate(False):
-            assert torch.equal(Bernoulli().validate(x), x)
+            assert torch.equal(Bernoulli().check_support(x), x)
         with pytest.raises(ValueError, match="binary"):
-            Bernoulli().validate(x)
+            Bernoulli().check_support(x)
 
 
 class TestCategorical:
@@ -183,8 +183,8 @@ class TestCategorical:
 
     def test_validate_accepts_integers_and_integral_floats(self):
         head = Categorical(3)
-        assert head.validate(torch.tensor([0, 2, 1], dtype=torch.int32)).dtype == torch.long
-        x = head.validate(torch.tensor([0.0, 2.0, 1.0]))
+        assert head.check_support(torch.tensor([0, 2, 1], dtype=torch.int32)).dtype == torch.long
+        x = head.check_support(torch.tensor([0.0, 2.0, 1.0]))
         assert x.dtype == torch.long and x.tolist() == [0, 2, 1]
 
     @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ class TestCategorical:
     )
     def test_validate_rejects(self, x, error, match):
         with pytest.raises(error, match=match):
-            Categorical(3).validate(x)
+            Categorical(3).check_support(x)
 
     @pytest.mark.parametrize("categories", [1, 0, -2, 2.5, 3.0, True, "3"])
     def test_constructor_rejects(self, categories):
