@@ -6,7 +6,7 @@ both posteriors, so only q(z | x) differs:
 
 - encoder x (784) -> 2 ELU layers of ``--hidden`` units -> h; decoder z -> 2 ELU layers -> 784
   Bernoulli logits; prior N(0, I) over ``--latent`` dimensions;
-- diagonal posterior: ``flowkit.vi.amortized_iaf(latent, hidden, transforms=0)``, N(mu(h), sigma(h)^2);
+- diagonal posterior: ``flowkit.vi.amortized_iaf(latent, 0, context_features=hidden)``, N(mu(h), sigma(h)^2);
 - IAF posterior: the same Gaussian followed by ``--iaf-steps`` affine IAF steps, each a MADE with
   ``--iaf-hidden`` units that sees z and h, order reversed between steps.
 
@@ -68,7 +68,7 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(mlp([784, hidden, hidden]), nn.ELU())
         self.decoder = mlp([latent, hidden, hidden, 784])
         options = {"hidden_features": [iaf_hidden, iaf_hidden]} if iaf_steps else {}
-        self.posterior = amortized_iaf(latent, hidden, transforms=iaf_steps, seed=seed, **options)
+        self.posterior = amortized_iaf(latent, iaf_steps, context_features=hidden, seed=seed, **options)
 
     def log_joint(self, x: Tensor):
         """``z -> log p(z) + log p(x | z)`` for a batch ``x`` of shape ``(B, 784)``; ``z: (K, B, latent)``."""

@@ -171,10 +171,10 @@ def reverse_kl(
 
 def amortized_iaf(
     features: int,
-    context_features: int,
     transforms: int = 2,
     hidden_features: int | Sequence[int] = (),
     *,
+    context_features: int,
     transformer: str | nn.Module = "affine",
     permutation: str | None = "reverse",
     seed: int | None = None,
@@ -191,8 +191,14 @@ def amortized_iaf(
     for ``h`` of shape ``(*batch, context_features)``. Other keywords (``bins``, ``batch_norm``,
     the MADE's options) go to :func:`flowkit.IAF`.
 
+    The arguments come in the order of :func:`flowkit.IAF` (``features, transforms,
+    hidden_features``), and ``context_features``, the width of the encoder's output, is required
+    and keyword-only: a call in the old order, ``amortized_iaf(features, context_features, ...)``,
+    raises a ``TypeError`` (a missing ``context_features``, or two values for ``transforms``)
+    instead of taking the context width for the number of steps.
+
     Example:
-        >>> q = amortized_iaf(2, context_features=5, transforms=2, hidden_features=[32], seed=0)
+        >>> q = amortized_iaf(2, 2, [32], context_features=5, seed=0)
         >>> h = torch.randn(3, 7, 5)
         >>> z, log_q = q.sample_and_log_prob(10, context=h)
         >>> z.shape, log_q.shape
@@ -208,9 +214,9 @@ def amortized_iaf(
         )
     if transforms > 0 and not _given(hidden_features):
         raise FlowkitValueError("expected hidden_features, the widths of each IAF step's MADE")
-    base = DiagonalNormal(features, context_features, seed=seed)
+    base = DiagonalNormal(features, context_features=context_features, seed=seed)
     if transforms == 0:
-        return Flow(Composite([]), base, context_features)
+        return Flow(Composite([]), base, context_features=context_features)
     return IAF(features, transforms, hidden_features, transformer=transformer, context_features=context_features,
                permutation=permutation, base=base, seed=None if seed is None else seed + 1, **options)
 

@@ -174,15 +174,18 @@ CATALOGUE = [
     ("Flow missing context", lambda: flowkit.MAF(2, 1, [8], context_features=3, seed=0).sample(2), V, "context"),
     ("Flow transform type", lambda: flowkit.Flow("t", StandardNormal(2)), T, "transform"),
     ("Flow base type", lambda: flowkit.Flow(Composite([]), object()), T, "base"),
-    ("Flow base context", lambda: flowkit.Flow(Composite([]), DiagonalNormal(2, 3), 2), V, "context_features"),
-    ("Flow context_features", lambda: flowkit.Flow(Composite([]), StandardNormal(2), -1), V, "context_features"),
+    ("Flow base context",
+     lambda: flowkit.Flow(Composite([]), DiagonalNormal(2, context_features=3), context_features=2), V,
+     "context_features"),
+    ("Flow context_features", lambda: flowkit.Flow(Composite([]), StandardNormal(2), context_features=-1), V,
+     "context_features"),
     ("StandardNormal features", lambda: StandardNormal(0), V, "features"),
     ("DiagonalNormal features", lambda: DiagonalNormal(0), V, "features"),
     ("DiagonalNormal context_features", lambda: DiagonalNormal(2, context_features=-1), V, "context_features"),
     ("DiagonalNormal context_features float", lambda: DiagonalNormal(2, context_features=1.5), T,
      "context_features"),
     ("DiagonalNormal eps", lambda: DiagonalNormal(2, eps=0.0), V, "eps"),
-    ("DiagonalNormal missing context", lambda: DiagonalNormal(2, 3).rsample(2), V, "context"),
+    ("DiagonalNormal missing context", lambda: DiagonalNormal(2, context_features=3).rsample(2), V, "context"),
     ("DiagonalNormal z shape", lambda: DiagonalNormal(2).log_prob(torch.zeros(3)), V, "z"),
     # transforms
     ("LULinear features", lambda: LULinear(0), V, "features"),
@@ -229,10 +232,11 @@ CATALOGUE = [
     ("elbo log_joint", lambda: elbo("log p", posterior(), 2), T, "log_joint"),
     ("elbo log_joint shape", lambda: elbo(lambda z: z, posterior(), 2), V, "log_joint"),
     ("elbo context", lambda: elbo(log_joint, posterior(), 2, context=torch.zeros(2, 3)), V, "context"),
-    ("amortized_iaf context_features", lambda: amortized_iaf(2, 0), V, "context_features"),
-    ("amortized_iaf transforms", lambda: amortized_iaf(2, 3, transforms=-1), V, "transforms"),
-    ("amortized_iaf hidden_features", lambda: amortized_iaf(2, 3, transforms=2), V, "hidden_features"),
-    ("amortized_iaf hidden width", lambda: amortized_iaf(2, 3, transforms=1, hidden_features=0), V, "hidden width"),
+    ("amortized_iaf context_features", lambda: amortized_iaf(2, context_features=0), V, "context_features"),
+    ("amortized_iaf transforms", lambda: amortized_iaf(2, context_features=3, transforms=-1), V, "transforms"),
+    ("amortized_iaf hidden_features", lambda: amortized_iaf(2, context_features=3, transforms=2), V,
+     "hidden_features"),
+    ("amortized_iaf hidden width", lambda: amortized_iaf(2, 1, 0, context_features=3), V, "hidden width"),
     # masks functions
     ("ordering features", lambda: M.ordering(0), V, "features"),
     ("ordering name", lambda: M.ordering(3, "sideways"), V, "order"),
@@ -342,7 +346,7 @@ def test_constructors_check_before_they_build_anything():
         lambda: flowkit.MAF(2, 2, [8], permutation="sideways"),
         lambda: flowkit.MAF(2, 2, [8], batch_norm=True, seed=None, linear="qr"),
         lambda: DiagonalNormal(2, context_features=-1),
-        lambda: amortized_iaf(2, 3, transforms=2),
+        lambda: amortized_iaf(2, context_features=3, transforms=2),
         lambda: flowkit.CategoricalMADE(3, 1, [8]),
     ]
     for build in failing:
@@ -444,7 +448,8 @@ def test_numpy_integers_work_everywhere_a_count_is_taken():
     assert flowkit.MADEMoG(2, np.int64(2), [8], seed=0).sample((np.int64(2),)).shape == (2, 2)
     flow = flowkit.MAF(np.int64(2), np.int64(2), [np.int64(8)], batch_norm=True, linear="lu", seed=np.int64(1))
     assert flow.sample(np.int64(4)).shape == (4, 2)
-    assert DiagonalNormal(np.int64(2), np.int64(3), seed=0).rsample(2, torch.zeros(5, 3)).shape == (2, 5, 2)
+    diagonal = DiagonalNormal(np.int64(2), context_features=np.int64(3), seed=0)
+    assert diagonal.rsample(2, torch.zeros(5, 3)).shape == (2, 5, 2)
     assert BatchNorm(np.int64(2)).features == 2 and LULinear(np.int64(2)).features == 2
     assert RationalQuadraticSpline(bins=np.int64(4)).params == 11
     assert elbo(log_joint, posterior(), np.int64(3)).shape == ()

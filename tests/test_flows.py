@@ -1,8 +1,11 @@
 """Tests of the flows: normalisation, sampling and its log-densities, the Distribution interface,
 fitting, MAF MoG, autoregressive checks, state dicts, argument checks and CUDA."""
 
+import dataclasses
+import inspect
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +14,10 @@ from scipy import integrate, stats
 
 import flowkit
 from flowkit import IAF, MADE, MAF, MADEMoG, check_autoregressive
-from flowkit.flows import DiagonalNormal, Flow, FlowDistribution
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
+from flowkit.flows import AutoregressiveFlowBuilder, DiagonalNormal, Flow, FlowDistribution, StandardNormal
 from flowkit.transforms import Affine, MaskedAutoregressive
+from flowkit.transforms.autoregressive import TRANSFORMER_OPTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
 
@@ -563,3 +568,120 @@ def test_flow_infers_its_context_width_from_its_parts():
     with pytest.raises(flowkit.FlowkitValueError, match="context_features=3 but the flow has context_features=2"):
         Flow(MaskedAutoregressive(2, [8], context_features=3), StandardNormal(2), context_features=2)
     assert Flow(MaskedAutoregressive(2, [8]), StandardNormal(2), context_features=4).context_features == 4
+
+
+# ---------------------------------------------------------------- one builder behind MAF and IAF
+
+DOCUMENTED_SIGNATURE = (
+    "(features: 'int', transforms: 'int', hidden_features: 'int | Sequence[int]', *, "
+    "transformer: 'str | nn.Module' = 'affine', context_features: 'int' = 0, batch_norm: 'bool' = False, "
+    "permutation: 'str | None' = 'reverse', linear: 'str | None' = None, identity_init: 'bool' = True, "
+    "base: 'nn.Module | None' = None, seed: 'int | None' = None, bins: 'int | None' = None, "
+    "bound: 'float | None' = None, min_bin_width: 'float | None' = None, min_bin_height: 'float | None' = None, "
+    "min_derivative: 'float | None' = None, eps: 'float | None' = None, **made_options: 'Any') -> 'Flow'"
+)
+
+
+@pytest.mark.parametrize("factory", [MAF, IAF])
+def test_the_factories_have_the_documented_signature_made_from_the_builder(factory):
+    signature = inspect.signature(factory)
+    assert str(signature) == DOCUMENTED_SIGNATURE
+    fields = {f.name: f for f in dataclasses.fields(AutoregressiveFlowBuilder)}
+    parameters = dict(signature.parameters)
+    assert list(parameters) == list(fields)  # the same names, in the same order, made_options last
+    for name, parameter in parameters.items():
+        assert parameter.annotation == fields[name].type or name == "made_options"
+        if fields[name].default is not dataclasses.MISSING:
+            assert parameter.default == fields[name].default
+    assert [p.kind for p in parameters.values()][:4] == [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3 + [
+        inspect.Parameter.KEYWORD_ONLY]
+    assert parameters["made_options"].kind is inspect.Parameter.VAR_KEYWORD
+    assert factory.__name__ == factory.__qualname__ in ("MAF", "IAF")
+    for name in parameters:  # one docstring describes every option, shared by the builder and both factories
+        for documented in (factory, AutoregressiveFlowBuilder):
+            assert re.search(rf"\b{name}\b[^\n]*:", documented.__doc__), (documented, name)
+    assert inspect.isfunction(factory) and factory.__module__ == "flowkit.flows"
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_the_factories_are_the_builder(inverse):
+    factory = IAF if inverse else MAF
+    options = dict(transformer="spline", context_features=2, batch_norm=True, permutation="random", linear="lu",
+                   bins=5, bound=2.0, min_bin_width=1e-2, min_derivative=1e-2, seed=3, order="random")
+    by_position = factory(3, 2, [16], **options)
+    by_name = factory(features=3, transforms=2, hidden_features=[16], **options)
+    made = {"order": options.pop("order")}
+    built = AutoregressiveFlowBuilder(features=3, transforms=2, hidden_features=(16,), made_options=made,
+                                      **options).flow(inverse=inverse)
+    kinds = [type(t).__name__ for t in built.transform.transforms]
+    assert kinds == [type(t).__name__ for t in by_position.transform.transforms]
+    assert kinds[0] == ("Inverse" if inverse else "MaskedAutoregressive")
+    for flow in (by_name, built):
+        assert flow.state_dict().keys() == by_position.state_dict().keys()
+        for key, value in flow.state_dict().items():
+            torch.testing.assert_close(value, by_position.state_dict()[key], rtol=0, atol=0)
+    spline = next(m for m in built.modules() if isinstance(m, MaskedAutoregressive)).transformer
+    assert (spline.bins, spline.bound, spline.min_bin_width, spline.min_derivative) == (5, 2.0, 1e-2, 1e-2)
+
+
+def test_the_builder_is_a_frozen_keyword_only_dataclass_that_normalises_its_options():
+    builder = AutoregressiveFlowBuilder(features=np.int64(2), transforms=2, hidden_features=8, seed=np.int64(1),
+                                        made_options={"direct": True})
+    assert (builder.features, builder.hidden_features, builder.seed) == (2, (8,), 1)
+    assert type(builder.features) is int and builder.transformer_options == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        builder.transforms = 3
+    with pytest.raises(TypeError):
+        builder.made_options["direct"] = False
+    with pytest.raises(TypeError):
+        AutoregressiveFlowBuilder(2, 2, [8])
+    assert builder == AutoregressiveFlowBuilder(features=2, transforms=2, hidden_features=[8], seed=1,
+                                                made_options={"direct": True})
+    assert hash(builder) == hash(AutoregressiveFlowBuilder(features=2, transforms=2, hidden_features=(8,), seed=1))
+    first, second = builder.layers(), builder.layers()
+    assert first is not second and all(a is not b for a, b in zip(first.parameters(), second.parameters()))
+    assert builder.flow().transform.transforms[0].made.direct is not None
+
+
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: MAF(2, 2, [8], eps=0.1, bins=4), FlowkitValueError, "bins apply to the spline transformer"),
+    (lambda: MAF(2, 2, [8], transformer="spline", eps=0.1), FlowkitValueError, "eps apply to the affine"),
+    (lambda: IAF(2, 2, [8], transformer="spline", min_bin_width=0.9), FlowkitValueError, "min_bin_width"),
+    (lambda: MAF(2, 2, [8], transformer_options={"bins": 4}), FlowkitTypeError, "transformer_options"),
+    (lambda: MAF(2, 2, [8], tails="linear"), FlowkitTypeError, "tails"),
+    (lambda: MAF(2, 2, [8], params=3), FlowkitTypeError, "params"),
+    (lambda: MAF(2, 2, [8], base=StandardNormal(3)), FlowkitValueError, "base has 3 features"),
+    (lambda: MAF(2, 2, [8], base=object()), FlowkitTypeError, "base"),
+    (lambda: MAF(2, 2), FlowkitTypeError, r"MAF\(\): missing a required argument: 'hidden_features'"),
+    (lambda: IAF(2, 2, [8], 3), FlowkitTypeError, r"IAF\(\): too many positional arguments"),
+    (lambda: MAF(2, 2, [8], transforms=3), FlowkitTypeError, "multiple values for argument 'transforms'"),
+    (lambda: AutoregressiveFlowBuilder(features=2, transforms=2, hidden_features=[8], made_options={"seed": 1}),
+     FlowkitTypeError, "seed"),
+    (lambda: AutoregressiveFlowBuilder(features=2, transforms=2, hidden_features=[8], made_options=[1]),
+     FlowkitTypeError, "made_options"),
+])
+def test_the_builder_refuses_bad_options_before_it_builds_anything(build, error, match):
+    state = torch.get_rng_state()
+    with pytest.raises(error, match=match):
+        build()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_all_spline_options_and_eps_reach_the_transformers_by_the_same_names():
+    spline = MAF(2, 1, [8], transformer="spline", bins=3, bound=1.5, min_bin_width=0.01, min_bin_height=0.02,
+                 min_derivative=0.03, seed=0).transform.transforms[0].transformer
+    assert (spline.bins, spline.bound, spline.min_bin_width, spline.min_bin_height, spline.min_derivative) == (
+        3, 1.5, 0.01, 0.02, 0.03)
+    assert IAF(2, 1, [8], eps=0.25, seed=0).transform.transforms[0].transform.transformer.eps == 0.25
+    assert set(inspect.signature(MAF).parameters) >= set(TRANSFORMER_OPTIONS["spline"] + TRANSFORMER_OPTIONS["affine"])
+
+
+def test_flow_and_diagonal_normal_take_context_features_by_keyword_only():
+    with pytest.raises(TypeError):
+        Flow(MaskedAutoregressive(2, [8]), StandardNormal(2), 0)
+    with pytest.raises(TypeError):
+        DiagonalNormal(2, 3)
+    for constructor in (Flow, DiagonalNormal):
+        parameters = inspect.signature(constructor).parameters
+        assert parameters["context_features"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert inspect.signature(DiagonalNormal).parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY

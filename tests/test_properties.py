@@ -397,12 +397,12 @@ def build_continuous(config: dict) -> nn.Module:
     if kind == "mog":
         model = MADEMoG(D, config["components"], context_features=C, seed=seed, **made_kwargs(config["made"]))
     elif kind == "diagonal":
-        model = DiagonalNormal(D, C, seed=seed)
+        model = DiagonalNormal(D, context_features=C, seed=seed)
     else:
         base_context = C if config["base_conditional"] else 0
         base = {"normal": lambda: None,
                 "mog": lambda: MADEMoG(D, 2, [8], context_features=base_context, seed=seed + 7),
-                "diagonal": lambda: DiagonalNormal(D, base_context, seed=seed + 7)}[config["base"]]()
+                "diagonal": lambda: DiagonalNormal(D, context_features=base_context, seed=seed + 7)}[config["base"]]()
         factory = MAF if kind == "maf" else IAF
         spline = {k: config[k] for k in ("bins", "bound") if k in config}
         model = factory(D, config["transforms"], transformer=config["transformer"], context_features=C,

@@ -1,6 +1,7 @@
 """Tests of the transforms: log-determinants against autograd Jacobians, round trips, the affine
 transformer, batch norm, permutations, input checks, dtypes and gradients."""
 
+import inspect
 import io
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 import flowkit
 from flowkit import check_autoregressive
+from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.transforms import (
     Affine,
     BatchNorm,
@@ -18,6 +20,7 @@ from flowkit.transforms import (
     RandomPermutation,
     ReversePermutation,
 )
+from flowkit.transforms.autoregressive import TRANSFORMER_OPTIONS
 
 pytestmark = pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
 
@@ -644,3 +647,51 @@ def test_inverse_gradients_match_finite_differences(transformer):
     y = torch.randn(3, D, generator=generator, dtype=torch.float64).requires_grad_(True)
     context = torch.randn(3, C, generator=generator, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(transform.inverse, (y, context), fast_mode=True)
+
+
+# ---------------------------------------------------------------- the transformer's options, by name
+
+SPLINE_OPTIONS = {"bins": 5, "bound": 2.0, "min_bin_width": 1e-2, "min_bin_height": 2e-2, "min_derivative": 3e-2}
+
+
+@pytest.mark.parametrize("transformer, options", [("spline", SPLINE_OPTIONS), ("spline", {"bins": 3}),
+                                                  ("affine", {"eps": 0.25})])
+def test_the_transformer_options_as_keywords_are_transformer_options(transformer, options):
+    by_name = MaskedAutoregressive(3, [8], transformer, seed=0, **options)
+    by_dict = MaskedAutoregressive(3, [8], transformer, transformer_options=options, seed=0)
+    for name, value in options.items():
+        assert getattr(by_name.transformer, name) == getattr(by_dict.transformer, name) == value
+    for key, value in by_name.state_dict().items():
+        torch.testing.assert_close(value, by_dict.state_dict()[key], rtol=0, atol=0)
+
+
+def test_the_layer_and_the_flows_spell_the_transformer_options_the_same():
+    options = set(TRANSFORMER_OPTIONS["spline"]) | set(TRANSFORMER_OPTIONS["affine"])
+    layer = inspect.signature(MaskedAutoregressive).parameters
+    assert options <= set(layer) and options <= set(inspect.signature(flowkit.MAF).parameters)
+    assert options <= set(inspect.signature(flowkit.IAF).parameters)
+    for name in options:
+        assert layer[name].kind is inspect.Parameter.KEYWORD_ONLY and layer[name].default is None
+        assert inspect.signature(flowkit.MAF).parameters[name].default is None
+    for name in ("context_features", "transformer_options", "identity_init"):
+        assert layer[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: MaskedAutoregressive(2, [8], "spline", bins=4, transformer_options={"bound": 2.0}), FlowkitValueError,
+     "bins given both as keywords and with transformer_options"),
+    (lambda: MaskedAutoregressive(2, [8], bins=4), FlowkitValueError, "bins apply to the spline transformer"),
+    (lambda: MaskedAutoregressive(2, [8], transformer_options={"min_derivative": 0.1}), FlowkitValueError,
+     "min_derivative apply to the spline transformer, not to 'affine'"),
+    (lambda: MaskedAutoregressive(2, [8], "spline", eps=0.1), FlowkitValueError, "eps apply to the affine"),
+    (lambda: MaskedAutoregressive(2, [8], Affine(), eps=0.1), FlowkitValueError, "eps are options of the named"),
+    (lambda: MaskedAutoregressive(2, [8], "spline", transformer_options={"tails": "linear"}), FlowkitTypeError,
+     "tails"),
+    (lambda: MaskedAutoregressive(2, [8], "spline", transformer_options=[("bins", 4)]), FlowkitTypeError,
+     "transformer_options"),
+    (lambda: MaskedAutoregressive(2, [8], "cubic", bins=4), FlowkitValueError, "transformer"),
+    (lambda: MaskedAutoregressive(2, [8], "spline", bins=0), FlowkitValueError, "bins"),
+])
+def test_conflicting_or_foreign_transformer_options_are_refused_by_name(build, error, match):
+    with pytest.raises(error, match=match):
+        build()

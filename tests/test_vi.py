@@ -4,6 +4,7 @@ z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I_3): log p(x) = log N(x; b, W W^T + s^2 I
 N(mu(x), Sigma) with Sigma = (I + W^T W / s^2)^-1, mu(x) = Sigma W^T (x - b) / s^2.
 """
 
+import inspect
 import math
 
 import pytest
@@ -123,7 +124,7 @@ def _kl_to_posterior(model, posterior, encoder, samples=20000):
 def test_amortized_iaf_reaches_the_true_posterior_and_the_diagonal_cannot(model):
     torch.manual_seed(0)
     encoder = nn.Linear(X, 8).double()
-    iaf = amortized_iaf(D, 8, transforms=2, hidden_features=[32], seed=0).double()
+    iaf = amortized_iaf(D, 2, [32], context_features=8, seed=0).double()
     _train(model, iaf, encoder, 700)
     kl, se = _kl_to_posterior(model, iaf, encoder)
     assert (kl < 0.03 + 4 * se).all(), kl
@@ -133,7 +134,7 @@ def test_amortized_iaf_reaches_the_true_posterior_and_the_diagonal_cannot(model)
     assert kl_best_diagonal > 0.2
     torch.manual_seed(0)
     encoder = nn.Linear(X, 8).double()
-    diagonal = amortized_iaf(D, 8, transforms=0, seed=0).double()
+    diagonal = amortized_iaf(D, context_features=8, transforms=0, seed=0).double()
     _train(model, diagonal, encoder, 700)
     kl, se = _kl_to_posterior(model, diagonal, encoder)
     assert (kl > kl_best_diagonal - 4 * se - 1e-3).all()
@@ -146,7 +147,7 @@ def test_gradients_reach_encoder_and_flow(model, bound, transformer):
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Linear(X, 16), nn.Tanh(), nn.Linear(16, 6)).double()
     options = {"bins": 4} if transformer == "spline" else {}
-    q = amortized_iaf(D, 6, transforms=2, hidden_features=[16], transformer=transformer, seed=0, **options).double()
+    q = amortized_iaf(D, 2, [16], context_features=6, transformer=transformer, seed=0, **options).double()
     h = encoder(model.x)
     value = elbo(model.log_joint, q, 3, context=h) if bound == "elbo" else iwae(model.log_joint, q, 5, context=h)
     assert value.shape == (16,)
@@ -183,7 +184,7 @@ def test_reverse_kl_is_kl_minus_log_normaliser():
 
 
 def test_a_flow_and_its_distribution_give_the_same_bound(model):
-    q = amortized_iaf(D, X, transforms=2, hidden_features=[16], seed=3).double()
+    q = amortized_iaf(D, 2, [16], context_features=X, seed=3).double()
     torch.manual_seed(7)
     a = elbo(model.log_joint, q, 4, context=model.x)
     torch.manual_seed(7)
@@ -199,7 +200,7 @@ def test_unconditional_flow_posterior_shapes():
 
 
 def test_amortized_posterior_shapes_and_densities():
-    q = amortized_iaf(3, 5, transforms=3, hidden_features=[24], seed=0).double()
+    q = amortized_iaf(3, 3, [24], context_features=5, seed=0).double()
     h = torch.randn(4, 2, 5, dtype=torch.float64)
     z, log_q = q.sample_and_log_prob(7, context=h)
     assert z.shape == (7, 4, 2, 3) and log_q.shape == (7, 4, 2)
@@ -257,7 +258,7 @@ def test_bad_input_is_named(model):
         elbo(lambda z: z.sum(-1) * 0, coin, 2)
     with torch.no_grad():  # evaluation without gradients needs no reparameterisation
         assert elbo(lambda z: z.sum(-1) * 0, coin, 2).item() == pytest.approx(3 * math.log(2))
-    flow_q = amortized_iaf(D, X, transforms=1, hidden_features=[8], seed=0).double()
+    flow_q = amortized_iaf(D, context_features=X, transforms=1, hidden_features=[8], seed=0).double()
     with pytest.raises(ValueError, match="this model is conditional"):
         elbo(model.log_joint, flow_q, 2)
     with pytest.raises(ValueError, match=r"context of shape \(\*, 3\)"):
@@ -265,13 +266,13 @@ def test_bad_input_is_named(model):
     with pytest.raises(ValueError, match="already holds its context"):
         elbo(model.log_joint, flow_q.distribution(model.x), 2, context=model.x)
     with pytest.raises(ValueError, match="context_features to be an int >= 1"):
-        amortized_iaf(D, 0, transforms=1, hidden_features=[8])
+        amortized_iaf(D, context_features=0, transforms=1, hidden_features=[8])
     with pytest.raises(ValueError, match="transforms to be an int >= 0"):
-        amortized_iaf(D, 3, transforms=-1, hidden_features=[8])
+        amortized_iaf(D, context_features=3, transforms=-1, hidden_features=[8])
     with pytest.raises(ValueError, match="expected hidden_features"):
-        amortized_iaf(D, 3, transforms=2)
+        amortized_iaf(D, context_features=3, transforms=2)
     with pytest.raises(ValueError, match="takes no hidden_features"):
-        amortized_iaf(D, 3, transforms=0, hidden_features=[8])
+        amortized_iaf(D, context_features=3, transforms=0, hidden_features=[8])
     with pytest.raises(ValueError, match="features to be an int >= 1"):
         DiagonalNormal(0)
 
@@ -298,3 +299,29 @@ def test_a_diagonal_base_draws_and_scores_in_one_pass_under_a_conditional_flow(b
     torch.testing.assert_close(flow.log_prob(x, h), log_p, rtol=0, atol=1e-10)
     z, log_q = base.sample_and_log_prob(6, h if base_context else None)
     torch.testing.assert_close(base.log_prob(z, h if base_context else None), log_q, rtol=0, atol=1e-12)
+
+
+def test_amortized_iaf_takes_its_arguments_in_the_order_of_iaf():
+    positional = amortized_iaf(2, 2, [8], context_features=3, seed=0)
+    named = amortized_iaf(2, context_features=3, transforms=2, hidden_features=[8], seed=0)
+    assert positional.context_features == named.context_features == 3
+    assert positional.state_dict().keys() == named.state_dict().keys()
+    for key, value in positional.state_dict().items():
+        torch.testing.assert_close(value, named.state_dict()[key], rtol=0, atol=0)
+    assert len([m for m in positional.modules() if isinstance(m, flowkit.transforms.MaskedAutoregressive)]) == 2
+    ours, iaf = inspect.signature(amortized_iaf).parameters, inspect.signature(flowkit.IAF).parameters
+    assert list(ours)[:3] == list(iaf)[:3] == ["features", "transforms", "hidden_features"]
+    assert ours["context_features"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert ours["context_features"].default is inspect.Parameter.empty  # required
+    assert ours["seed"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("old_call", [
+    lambda: amortized_iaf(2, 3),                                       # context_features missing
+    lambda: amortized_iaf(2, 3, transforms=2, hidden_features=[8]),    # two values for transforms
+    lambda: amortized_iaf(2, 3, 2, [8]),                               # four positional arguments
+    lambda: amortized_iaf(2, 3, hidden_features=[8]),                  # context_features missing
+])
+def test_a_call_in_the_old_order_is_loud(old_call):
+    with pytest.raises(TypeError, match="context_features|transforms|positional"):
+        old_call()

@@ -7,7 +7,7 @@ Kingma et al., *Improved Variational Inference with Inverse Autoregressive Flow*
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,8 @@ from flowkit.transforms.base import Transform, Transformer, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
 from flowkit.validation import check_context, check_finite, check_float, check_option
 
-__all__ = ["Affine", "MaskedAutoregressive", "make_transformer", "IDENTITY_WEIGHT_BOUND"]
+__all__ = ["Affine", "MaskedAutoregressive", "make_transformer", "resolve_transformer_options", "TRANSFORMER_OPTIONS",
+           "IDENTITY_WEIGHT_BOUND"]
 
 IDENTITY_WEIGHT_BOUND = 1e-3
 """The largest output weight of a MADE when a :class:`MaskedAutoregressive` starts at the identity."""
@@ -75,11 +76,88 @@ class Affine(Transformer):
         return (y - shift) / scale, -torch.log(scale)
 
 
+TRANSFORMER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "affine": ("eps",),
+    "spline": ("bins", "bound", "min_bin_width", "min_bin_height", "min_derivative"),
+}
+"""The options of each named transformer: the keywords of :class:`Affine` and of
+:class:`~flowkit.transforms.RationalQuadraticSpline`, spelled the same on
+:class:`MaskedAutoregressive`, :func:`flowkit.MAF` and :func:`flowkit.IAF`."""
+
+_SPLINE_OPTIONS = TRANSFORMER_OPTIONS["spline"]
+
+
+def resolve_transformer_options(
+    transformer: str | nn.Module,
+    options: Mapping[str, Any] | None = None,
+    transformer_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The options of ``transformer``, checked, from keywords or from a dict (not both).
+
+    Arguments:
+        transformer: ``"affine"``, ``"spline"`` or a transformer module (which takes no options
+            here: it was built with its own).
+        options: the options as keywords, by the names of :data:`TRANSFORMER_OPTIONS`; ``None``
+            for an option that was not given.
+        transformer_options: the same options as one dict (the older spelling of
+            :class:`MaskedAutoregressive`); every value in it counts as given.
+
+    Raises :class:`~flowkit.FlowkitValueError` for an unknown transformer name, for options given
+    both ways, for an option of the other transformer and for options with a transformer module,
+    and :class:`~flowkit.FlowkitTypeError` for a name that neither transformer takes; each message
+    names the options.
+
+    Example:
+        >>> resolve_transformer_options("spline", {"bins": 4, "bound": None})
+        {'bins': 4}
+        >>> resolve_transformer_options("affine", {"bins": 4})
+        Traceback (most recent call last):
+        ...
+        flowkit.errors.FlowkitValueError: bins apply to the spline transformer, not to 'affine'
+    """
+    given = {name: value for name, value in (options or {}).items() if value is not None}
+    if transformer_options is not None:
+        if not isinstance(transformer_options, Mapping):
+            raise FlowkitTypeError(
+                f"expected transformer_options to be a dict of the transformer's options, "
+                f"got {type(transformer_options).__name__}"
+            )
+        if given:
+            raise FlowkitValueError(
+                f"{', '.join(sorted(given))} given both as keywords and with transformer_options: "
+                "give the transformer's options one way (the keywords, e.g. bins=8, bound=3.0)"
+            )
+        given = dict(transformer_options)
+    if isinstance(transformer, nn.Module):
+        if given:
+            raise FlowkitValueError(
+                f"{', '.join(sorted(given))} are options of the named transformers 'affine' and 'spline'; "
+                f"a transformer module ({type(transformer).__name__}) is built with its own options"
+            )
+        return {}
+    check_option("transformer", transformer, tuple(TRANSFORMER_OPTIONS))
+    known = TRANSFORMER_OPTIONS[transformer]
+    for other, names in TRANSFORMER_OPTIONS.items():
+        foreign = sorted(set(given) & set(names) - set(known))
+        if foreign:
+            raise FlowkitValueError(
+                f"{', '.join(foreign)} apply to the {other} transformer, not to {transformer!r}"
+            )
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise FlowkitTypeError(
+            f"unexpected option(s) {', '.join(unknown)} for the {transformer!r} transformer; "
+            f"it takes {', '.join(sorted(known))}"
+        )
+    return given
+
+
 def make_transformer(transformer: str | Transformer, **options: Any) -> Transformer:
     """An elementwise transformer (:class:`~flowkit.transforms.Transformer`) from its name
-    (``"affine"`` or ``"spline"``) and options, or the given instance. A module that is not a
-    ``Transformer`` but has ``params``, ``forward(x, params)`` and ``inverse(y, params)`` is taken
-    as one."""
+    (``"affine"`` or ``"spline"``) and options (checked by :func:`resolve_transformer_options`),
+    or the given instance (with no options). A module that is not a ``Transformer`` but has
+    ``params``, ``forward(x, params)`` and ``inverse(y, params)`` is taken as one."""
+    options = resolve_transformer_options(transformer, transformer_options=options)
     if isinstance(transformer, nn.Module):
         missing = [name for name in ("params", "forward", "inverse") if not hasattr(transformer, name)]
         if missing:
@@ -88,22 +166,7 @@ def make_transformer(transformer: str | Transformer, **options: Any) -> Transfor
                 f"{type(transformer).__name__} has no {', '.join(missing)}"
             )
         return transformer
-    check_option("transformer", transformer, ("affine", "spline"))
-    known = {"affine": {"eps"}, "spline": set(_SPLINE_OPTIONS)}[transformer]
-    if transformer == "affine":
-        spline_only = sorted(set(options) & set(_SPLINE_OPTIONS))
-        if spline_only:
-            raise FlowkitValueError(f"{', '.join(spline_only)} apply to the spline transformer, not to 'affine'")
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise FlowkitTypeError(
-            f"unexpected option(s) {', '.join(unknown)} for the {transformer!r} transformer; "
-            f"it takes {', '.join(sorted(known))}"
-        )
     return Affine(**options) if transformer == "affine" else RationalQuadraticSpline(**options)
-
-
-_SPLINE_OPTIONS = ("bins", "bound", "min_bin_width", "min_bin_height", "min_derivative")
 
 
 class MaskedAutoregressive(Transform):
@@ -121,11 +184,24 @@ class MaskedAutoregressive(Transform):
         transformer: ``"affine"``, ``"spline"`` or a transformer module (with ``params``,
             ``forward(x, params)`` and ``inverse(y, params)``, elementwise).
         context_features: the width of the context (0: unconditional).
-        transformer_options: keywords of the transformer (``bins``, ``bound`` for the spline).
+        transformer_options: the transformer's options as one dict (``{"bins": 8}``), the older
+            spelling of the keywords below; not together with them.
         identity_init: start within a tiny distance of the identity (see below); ``False`` keeps
             the MADE's own initialisation of its output layer.
+        bins, bound, min_bin_width, min_bin_height, min_derivative: the spline's options (see
+            :class:`~flowkit.transforms.RationalQuadraticSpline`): :math:`K` bins on
+            :math:`[-B, B]`, the smallest bin width and height (fractions of :math:`2B`) and the
+            smallest interior derivative; ``None`` keeps the spline's default (8 bins,
+            :math:`B = 3`, ``1e-3``).
+        eps: the affine transformer's smallest scale :math:`\epsilon` (see :class:`Affine`);
+            ``None`` keeps ``1e-3``.
         made_options: any keyword of :class:`flowkit.MADE` (``order``, ``hidden_degrees``,
             ``activation``, ``direct``, ``seed``, ...).
+
+    The transformer's options have the same names here as on :func:`flowkit.MAF` and
+    :func:`flowkit.IAF`. An option of the other transformer (``bins`` with ``"affine"``), any
+    option with a transformer module, or the keywords together with ``transformer_options`` raise
+    :class:`~flowkit.FlowkitValueError` naming them.
 
     With ``identity_init`` (the default) the MADE's output layer starts with its bias equal to the
     transformer's ``identity_params()`` for every feature and its weights rescaled to at most
@@ -144,6 +220,9 @@ class MaskedAutoregressive(Transform):
         >>> y, logabsdet = layer(x)
         >>> torch.allclose(layer.inverse(y)[0], x, atol=1e-5)
         True
+        >>> spline = MaskedAutoregressive(3, [16], "spline", bins=4, bound=2.0, seed=0)
+        >>> spline.transformer.bins, spline.transformer.bound
+        (4, 2.0)
     """
 
     def __init__(
@@ -153,12 +232,21 @@ class MaskedAutoregressive(Transform):
         transformer: str | nn.Module = "affine",
         *,
         context_features: int = 0,
-        transformer_options: dict[str, Any] | None = None,
+        transformer_options: Mapping[str, Any] | None = None,
         identity_init: bool = True,
+        bins: int | None = None,
+        bound: float | None = None,
+        min_bin_width: float | None = None,
+        min_bin_height: float | None = None,
+        min_derivative: float | None = None,
+        eps: float | None = None,
         **made_options: Any,
     ):
         super().__init__()
-        self.transformer = make_transformer(transformer, **(transformer_options or {}))
+        named = dict(bins=bins, bound=bound, min_bin_width=min_bin_width, min_bin_height=min_bin_height,
+                     min_derivative=min_derivative, eps=eps)
+        options = resolve_transformer_options(transformer, named, transformer_options)
+        self.transformer = make_transformer(transformer, **options)
         self.made = MADE(features, hidden_features, params=self.transformer.params,
                          context_features=context_features, **made_options)
         identity = getattr(self.transformer, "identity_params", lambda: None)() if identity_init else None
