@@ -254,19 +254,7 @@ class MADE(nn.Module):
         mask_seed = int(torch.randint(2**62, ())) if seed is None else seed
         generator = torch.Generator()
         generator.manual_seed(mask_seed)
-        first = M.ordering(features, order, generator)
-        orders, mask_sets, directs = [], [], []
-        for r in range(num_masks):
-            o = M.ordering(features, "random", generator) if (order_agnostic and r > 0) else first
-            masks, direct_mask = M.made_masks(
-                o, hidden, params=params, columns_per_feature=columns_per_feature,
-                context_features=context_features, rule=hidden_degrees, generator=generator,
-                residual_blocks=residual_blocks,
-            )
-            orders.append(o)
-            mask_sets.append(masks)
-            directs.append(direct_mask)
-
+        orders, mask_sets, directs = self._draw_mask_sets(order, num_masks, generator)
         self.register_buffer("orders", torch.stack(orders))
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self.register_buffer("mask_seed", torch.tensor(mask_seed, dtype=torch.long))
@@ -274,20 +262,42 @@ class MADE(nn.Module):
         self.derived = Derived()  # what others compute from this MADE and keep here (the engine's plans)
         self.activation = elementwise
 
-        def linear(i: int, gain: float = 1.0) -> MaskedLinear:
-            return MaskedLinear(torch.stack([s[i] for s in mask_sets]), generator=generator, gain=gain)
-
-        chain = len(hidden) + 2 * residual_blocks + 1
-        self.layers = nn.ModuleList(linear(i) for i in range(len(hidden)))
-        self.blocks = nn.ModuleList(
-            nn.ModuleList([linear(len(hidden) + 2 * k), linear(len(hidden) + 2 * k + 1, _BLOCK_SCALE)])
-            for k in range(residual_blocks)
-        )
-        self.layers.append(linear(chain - 1))
-        self.direct = MaskedLinear(torch.stack(directs), bias=False, generator=generator) if direct else None
+        self._build_layers(mask_sets, directs if direct else None, generator)
         self.register_load_state_dict_pre_hook(_default_mask_seed)
         self.register_load_state_dict_post_hook(_sync_index)
         self._audit(mask_sets, directs if direct else None, strict)
+
+    def _draw_mask_sets(self, order: M.OrderSpec, num_masks: int, generator: torch.Generator) -> tuple:
+        """The orderings, masks and direct masks of every mask set, drawn from ``generator``."""
+        first = M.ordering(self.features, order, generator)
+        orders, mask_sets, directs = [], [], []
+        for r in range(num_masks):
+            o = M.ordering(self.features, "random", generator) if (self.order_agnostic and r > 0) else first
+            masks, direct_mask = M.made_masks(
+                o, self.hidden_features, params=self.params, columns_per_feature=self.columns_per_feature,
+                context_features=self.context_features, rule=self.degree_rule, generator=generator,
+                residual_blocks=self.residual_blocks,
+            )
+            orders.append(o)
+            mask_sets.append(masks)
+            directs.append(direct_mask)
+        return orders, mask_sets, directs
+
+    def _build_layers(self, mask_sets: list[list[Tensor]], directs: list[Tensor] | None,
+                      generator: torch.Generator) -> None:
+        """The masked layers (first, residual blocks, output) and the direct connection, weights from
+        ``generator``."""
+        hidden, blocks = len(self.hidden_features), self.residual_blocks
+
+        def linear(i: int, gain: float = 1.0) -> MaskedLinear:
+            return MaskedLinear(torch.stack([s[i] for s in mask_sets]), generator=generator, gain=gain)
+
+        self.layers = nn.ModuleList(linear(i) for i in range(hidden))
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([linear(hidden + 2 * k), linear(hidden + 2 * k + 1, _BLOCK_SCALE)]) for k in range(blocks)
+        )
+        self.layers.append(linear(hidden + 2 * blocks))
+        self.direct = None if directs is None else MaskedLinear(torch.stack(directs), bias=False, generator=generator)
 
     def _audit(self, mask_sets: list[list[Tensor]], directs: list[Tensor] | None, strict: bool) -> None:
         missing = allowed = 0
