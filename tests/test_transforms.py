@@ -695,3 +695,40 @@ def test_the_layer_and_the_flows_spell_the_transformer_options_the_same():
 def test_conflicting_or_foreign_transformer_options_are_refused_by_name(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+def test_standardize_from_data_is_a_diagonal_gaussian_in_front_of_a_standard_normal():
+    from flowkit.flows import StandardNormal
+    from flowkit.transforms import Standardize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=g, dtype=torch.float64) * torch.tensor([0.1, 2.0, 30.0]) + 5.0
+    layer = Standardize.from_data(x)
+    y, logabsdet = layer(x)
+    assert torch.allclose(y.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(y.std(0, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-12)
+    back, inverse_logabsdet = layer.inverse(y)
+    assert torch.allclose(back, x, atol=1e-12) and torch.allclose(inverse_logabsdet, -logabsdet)
+    jacobian = torch.autograd.functional.jacobian(lambda row: layer(row[None])[0][0], x[0])
+    assert torch.allclose(torch.logdet(jacobian), logabsdet[0])
+    flow = flowkit.Flow(layer, StandardNormal(3)).double()
+    closed_form = torch.distributions.Normal(layer.shift, layer.scale).log_prob(x).sum(-1)
+    assert torch.allclose(flow.log_prob(x), closed_form, atol=1e-10)
+
+
+def test_standardize_names_constant_features_and_keeps_them_on_request():
+    from flowkit.transforms import Standardize
+
+    x = torch.randn(50, 3)
+    x[:, 1] = 4.0
+    with pytest.raises(flowkit.FlowkitValueError, match=r"features \[1\] of x are constant"):
+        Standardize.from_data(x)
+    layer = Standardize.from_data(x, constant="keep")
+    assert layer.scale[1] == 1.0 and torch.allclose(layer(x)[0][:, 1], torch.zeros(50))
+    for bad in (torch.ones(1, 3), torch.ones(5, 3, dtype=torch.long), [[1.0, 2.0]]):
+        with pytest.raises(flowkit.FlowkitValueError, match="expected a floating batch"):
+            Standardize.from_data(bad)
+    with pytest.raises(flowkit.FlowkitValueError, match="positive, finite scale"):
+        Standardize(torch.zeros(2), torch.tensor([1.0, 0.0]))
+    with pytest.raises(flowkit.FlowkitValueError, match="NaN"):
+        Standardize.from_data(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))

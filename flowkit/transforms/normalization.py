@@ -1,4 +1,5 @@
-r"""Batch normalisation as an invertible flow layer (Papamakarios et al., 2017, section 3.4)."""
+r"""Normalising layers: batch normalisation as an invertible flow layer (Papamakarios et al., 2017,
+section 3.4) and a fixed standardisation built from data."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from flowkit.errors import FlowkitValueError
 from flowkit.transforms.base import Transform, check_features
 from flowkit.validation import check_finite, check_float, check_int
 
-__all__ = ["BatchNorm"]
+__all__ = ["BatchNorm", "Standardize"]
 
 
 class BatchNorm(Transform):
@@ -82,3 +83,78 @@ class BatchNorm(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class Standardize(Transform):
+    r"""A fixed elementwise affine map that standardises data, data to noise:
+
+    .. math:: y = \frac{x - \mu}{\sigma}, \qquad \log|\det J| = -\sum_i \log \sigma_i
+
+    Placed first in a flow, it lets the layers after it see data of zero mean and unit scale (the
+    z-scoring of sbi's density estimators); the log-determinant keeps the flow's density that of
+    the data. :math:`\mu` and :math:`\sigma` are buffers (saved in the ``state_dict``, never
+    trained); :meth:`from_data` computes them from a batch.
+
+    Arguments:
+        shift: :math:`\mu`, ``(D,)``.
+        scale: :math:`\sigma`, ``(D,)``, every entry positive and finite.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+        >>> layer = Standardize.from_data(x)
+        >>> layer(x)[0]
+        tensor([[-1., -1.],
+                [ 1.,  1.]])
+    """
+
+    def __init__(self, shift: Tensor, scale: Tensor):
+        super().__init__()
+        for name, value in (("shift", shift), ("scale", scale)):
+            if not isinstance(value, Tensor) or value.dim() != 1 or not value.dtype.is_floating_point:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise FlowkitValueError(f"expected {name} to be a 1-d floating tensor, got {got}")
+        if shift.shape != scale.shape:
+            raise FlowkitValueError(f"expected shift and scale of one shape, got {tuple(shift.shape)} and "
+                                    f"{tuple(scale.shape)}")
+        if not bool(torch.isfinite(shift).all()) or not bool(((scale > 0) & torch.isfinite(scale)).all()):
+            raise FlowkitValueError("expected a finite shift and a positive, finite scale")
+        self.features = shift.shape[0]
+        self.register_buffer("shift", shift.detach().clone())
+        self.register_buffer("scale", scale.detach().clone())
+
+    @classmethod
+    def from_data(cls, x: Tensor, *, constant: str = "error") -> Standardize:
+        r"""The standardisation of the batch ``x: (N, D)``: its mean and (population) standard deviation.
+
+        A feature of zero standard deviation (constant in ``x``) has no scale to divide by: with
+        ``constant="error"`` (the default) it raises, naming the features; with ``"keep"`` such a
+        feature is only shifted (:math:`\sigma_i = 1`).
+        """
+        from flowkit.validation import check_option
+
+        check_option("constant", constant, ("error", "keep"))
+        if not isinstance(x, Tensor) or x.dim() != 2 or not x.dtype.is_floating_point or len(x) < 2:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise FlowkitValueError(f"expected a floating batch x of shape (N, D) with N >= 2, got {got}")
+        check_finite("x", x)
+        shift, scale = x.mean(0), x.std(0, unbiased=False)
+        flat = scale <= torch.finfo(x.dtype).eps * shift.abs().clamp(min=1.0)
+        if bool(flat.any()):
+            if constant == "error":
+                raise FlowkitValueError(
+                    f"features {flat.nonzero().squeeze(1).tolist()} of x are constant: no scale to standardise "
+                    "them by (drop them, or pass constant='keep' to only shift them)")
+            scale = torch.where(flat, torch.ones_like(scale), scale)
+        return cls(shift, scale)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features("x", x, self.features)
+        check_finite("x", x)
+        y = (x.to(self.scale.dtype) - self.shift) / self.scale
+        return y, (-torch.log(self.scale).sum()).expand(y.shape[:-1])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        check_features("y", y, self.features)
+        check_finite("y", y)
+        x = y.to(self.scale.dtype) * self.scale + self.shift
+        return x, torch.log(self.scale).sum().expand(x.shape[:-1])
