@@ -200,16 +200,18 @@ class AutoregressiveDensity(nn.Module):
         if context is not None:
             flat_context = context.expand(*shape, context.shape[-1]).reshape(-1, context.shape[-1])
         noise = self.head.noise((len(flat), D), generator, self._dtype, flat.device)
-        terms = []
+        kept = [None] * D  # the parameters each feature was drawn with
 
         def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
-            value = self.head.draw(params, noise[:, d])
-            terms.append(self.head.log_prob(params.unsqueeze(-2), value.unsqueeze(-1)).squeeze(-1))
-            return value
+            kept[d] = params.clone()  # valid during the call only
+            return self.head.draw(params, noise[:, d])
 
         x = autoregressive(self.made, flat, draw, encode=self.head.encode, context=flat_context,
                            mask=self.made.current_mask)
-        log_p = torch.stack(terms, -1).sum(-1) if terms else flat.new_zeros(len(flat), dtype=self._dtype)
+        if D and kept[0] is not None:
+            log_p = self.head.log_prob(torch.stack(kept, -2), x).sum(-1)
+        else:
+            log_p = flat.new_zeros(len(flat), dtype=self._dtype)
         return x.reshape(*shape, D), log_p.reshape(shape)
 
     @torch.no_grad()
@@ -358,7 +360,9 @@ class CategoricalMADE(AutoregressiveDensity):
 
     Arguments:
         features: the number of features :math:`D`.
-        categories: the number of categories :math:`K` of every feature.
+        categories: the number of categories :math:`K` of every feature, or one count per feature
+            ``[K_1, ..., K_D]`` (feature :math:`d` in :math:`0..K_d - 1`; see
+            :class:`~flowkit.heads.Categorical`).
         hidden_features: the hidden widths of the MADE.
         made_options: any keyword of :class:`flowkit.MADE`.
 
@@ -373,6 +377,9 @@ class CategoricalMADE(AutoregressiveDensity):
         self, features: int, categories: int, hidden_features: int | Sequence[int], **made_options: Any
     ):
         head = Categorical(categories)
+        if head.counts is not None and len(head.counts) != check_int("features", features, least=1):
+            raise FlowkitValueError(f"expected one count of categories per feature ({features}), got "
+                                    f"{len(head.counts)}: {list(head.counts)}")
         made = MADE(features, hidden_features, params=head.categories,
                     columns_per_feature=head.categories, **made_options)
         super().__init__(made, head)

@@ -8,13 +8,22 @@ of values under the parameters, and how to draw one feature.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
-from flowkit.validation import check_finite, check_float, check_int, raise_not_finite, require, validation_enabled
+from flowkit.validation import (
+    check_finite,
+    check_float,
+    check_int,
+    check_ints,
+    raise_not_finite,
+    require,
+    validation_enabled,
+)
 
 __all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
 
@@ -127,22 +136,50 @@ class Categorical(Head):
     r"""Conditionals over ``categories`` values :math:`0..K-1`, with :math:`K` logits per feature
     and one-hot inputs: :math:`\log p(x = k) = \ell_k - \log \sum_j e^{\ell_j}`.
 
+    With a count per feature, ``categories = [K_1, ..., K_D]``, feature :math:`d` takes values
+    :math:`0..K_d - 1`: every feature has :math:`K = \max_d K_d` logits and one-hot columns, and
+    the logits past :math:`K_d` are masked out (the softmax runs over the first :math:`K_d`, and
+    a draw never reaches the others).
+
     Example:
         >>> head = Categorical(3)
         >>> head.encode(torch.tensor([[2, 0]]))
         tensor([[0., 0., 1., 1., 0., 0.]])
+        >>> mixed = Categorical([2, 3])
+        >>> mixed.log_prob(torch.zeros(1, 2, 3), torch.tensor([[1, 2]])).exp()
+        tensor([[0.5000, 0.3333]])
     """
 
     value_dtype = torch.long
     columns: int
 
-    def __init__(self, categories: int):
+    def __init__(self, categories: int | Sequence[int]):
         super().__init__()
+        counts = None
+        if isinstance(categories, (list, tuple)) or getattr(categories, "ndim", 0) == 1:  # a count per feature
+            counts = check_ints("categories", categories, least=2, each="every count of categories")
+            if not counts:
+                raise FlowkitValueError("expected categories to be a count, or one count per feature, got []")
+            categories = max(counts)
         categories = check_int("categories", categories, least=2)
         self.categories = categories
         self.params = categories
         self.columns = categories
         self.noise_size = categories
+        self.counts = counts
+        """The category count of each feature, or ``None`` when every feature has ``categories``."""
+        if counts is not None:
+            valid = torch.arange(categories) < torch.tensor(counts)[:, None]
+            self.register_buffer("valid", valid, persistent=False)  # (D, K): the logits that exist
+
+    def _masked(self, params: Tensor) -> Tensor:
+        """The logits ``(*batch, D, K)`` with those past each feature's count at -inf."""
+        if self.counts is None:
+            return params
+        return params.masked_fill(~self.valid, float("-inf"))
+
+    def _limit(self, x: Tensor) -> Tensor | int:
+        return self.categories if self.counts is None else torch.tensor(self.counts, device=x.device)
 
     def check_support(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:
@@ -150,10 +187,10 @@ class Categorical(Head):
                 "expected x to be integer category indices for a categorical model, got dtype torch.bool"
             )
         if validation_enabled():
-            inside = (x >= 0) & (x < self.categories)  # one pass and one read: NaN is not inside
+            inside = (x >= 0) & (x < self._limit(x))  # one pass and one read: NaN is not inside
             if x.dtype.is_floating_point:
                 inside &= x == x.round()
-            require(inside.all(), lambda: self._raise_outside(x), f"expected categories in 0..{self.categories - 1}")
+            require(inside.all(), lambda: self._raise_outside(x), "expected categories in 0..K_d - 1")
         return x.long()
 
     def _raise_outside(self, x: Tensor) -> None:
@@ -163,25 +200,36 @@ class Categorical(Head):
             if not bool((x == x.round()).all()):
                 bad = x[x != x.round()].flatten()[:3].tolist()
                 raise FlowkitValueError(f"expected integer category indices, got non-integer values {bad}")
-        bad = x[(x < 0) | (x >= self.categories)].flatten()[:3].tolist()
-        raise FlowkitValueError(f"expected categories in 0..{self.categories - 1}, got values {bad}")
+        if self.counts is None:
+            bad = x[(x < 0) | (x >= self.categories)].flatten()[:3].tolist()
+            raise FlowkitValueError(f"expected categories in 0..{self.categories - 1}, got values {bad}")
+        outside = ((x < 0) | (x >= self._limit(x))).reshape(-1, len(self.counts)).any(0)
+        d = int(outside.nonzero()[0])
+        bad = x.reshape(-1, len(self.counts))[:, d]
+        bad = bad[(bad < 0) | (bad >= self.counts[d])][:3].tolist()
+        raise FlowkitValueError(f"expected categories of feature {d} in 0..{self.counts[d] - 1}, got values {bad}")
 
     def encode(self, x: Tensor) -> Tensor:
         return F.one_hot(x.long(), self.categories).flatten(-2).float()
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        logp = torch.log_softmax(params, dim=-1)
+        logp = torch.log_softmax(self._masked(params), dim=-1)
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 
     def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
-        return gumbel((*shape, self.categories), generator, dtype, device)
+        noise = gumbel((*shape, self.categories), generator, dtype, device)
+        if self.counts is not None:  # shape ends with the features: a category past K_d is never drawn
+            if not shape or shape[-1] != len(self.counts):
+                raise FlowkitValueError(f"expected noise for all {len(self.counts)} features, got shape {tuple(shape)}")
+            noise = noise.masked_fill(~self.valid.to(noise.device), float("-inf"))
+        return noise
 
     def draw(self, params: Tensor, noise: Tensor) -> Tensor:
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact categorical draw.
         return (params + noise).argmax(dim=-1)
 
     def extra_repr(self) -> str:
-        return f"categories={self.categories}"
+        return f"categories={self.categories if self.counts is None else list(self.counts)}"
 
 
 class GaussianMixture(Head):

@@ -700,3 +700,42 @@ def test_sample_and_log_prob_is_sample_with_the_exact_log_prob(make, grad):
     if grad and isinstance(model, flowkit.MADEMoG):
         log_p.sum().backward()  # the log-probabilities carry gradients to the network
         assert model.made.layers[-1].weight.grad is not None
+
+
+@pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
+def test_categorical_made_with_a_count_per_feature_is_exactly_normalised():
+    counts = [2, 3, 2, 4]
+    model = flowkit.CategoricalMADE(4, counts, [24], num_masks=3, order_agnostic=True, direct=True, seed=0)
+    every = torch.tensor(list(itertools.product(*(range(k) for k in counts))))
+    with torch.no_grad():
+        for ensemble in (None, 3):
+            total = model.log_prob(every, ensemble=ensemble).double().exp().sum()
+            assert abs(float(total) - 1.0) < 1e-5
+        x = model.sample(20000, generator=torch.Generator().manual_seed(1))
+    assert all(int(x[:, d].max()) == k - 1 and int(x[:, d].min()) == 0 for d, k in enumerate(counts))
+    index = torch.tensor([24, 8, 4, 1])  # mixed-radix code of a configuration, for the chi-square test
+    observed = torch.bincount((x * index).sum(-1), minlength=48).double()
+    with torch.no_grad():
+        expected = model.log_prob(every).double().exp() * len(x)
+    assert stats.chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3
+    grad_draws = model.sample(5, generator=torch.Generator().manual_seed(2))  # the plain loop (gradients on)
+    with torch.no_grad():
+        engine_draws = model.sample(5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(grad_draws, engine_draws)
+    observed_mask = torch.tensor([[True, False, True, False]]).expand(6, 4)
+    filled = model.complete(x[:6], observed_mask)
+    assert torch.equal(filled[observed_mask], x[:6][observed_mask])
+    assert (filled < torch.tensor(counts)).all()
+    draws, log_p = model.sample_and_log_prob(6)
+    assert torch.allclose(log_p, model.log_prob(draws), atol=1e-5)
+
+
+def test_categorical_counts_are_checked():
+    model = flowkit.CategoricalMADE(3, [2, 3, 2], [8], seed=0)
+    with pytest.raises(flowkit.FlowkitValueError, match=r"categories of feature 2 in 0\.\.1, got values \[2\]"):
+        model.log_prob(torch.tensor([[1, 2, 2]]))
+    with pytest.raises(flowkit.FlowkitValueError, match="one count of categories per feature"):
+        flowkit.CategoricalMADE(3, [2, 3], [8])
+    with pytest.raises(flowkit.FlowkitValueError, match="every count of categories"):
+        flowkit.CategoricalMADE(2, [2, 1], [8])
+    assert model.sample(3).shape == (3, 3) and "categories=[2, 3, 2]" in repr(model.head)
