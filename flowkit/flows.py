@@ -202,7 +202,11 @@ class Flow(nn.Module):
             :class:`flowkit.MADEMoG` (a MAF MoG).
         context_features: the width of the context the flow requires; by default inferred from its
             parts (the conditioners of the transform and a conditional base, which must agree),
-            0 when none takes a context.
+            0 when none takes a context. With an ``embedding``, the width of the raw context that
+            the embedding takes (required).
+        embedding: a module applied to the context once, before any layer sees it, and trained
+            with the flow (a summary network of simulation-based inference): it maps a context
+            ``(*batch, context_features)`` to ``(*batch, C)``, ``C`` the width the parts take.
 
     Shapes follow torch: ``log_prob(x: (*batch, D), context: (*batch, C)) -> (*batch,)``;
     ``sample(sample_shape, context)`` returns ``sample_shape + context.shape[:-1] + (D,)``.
@@ -212,9 +216,15 @@ class Flow(nn.Module):
         >>> x = flow.sample(4)
         >>> x.shape, flow.log_prob(x).shape
         (torch.Size([4, 2]), torch.Size([4]))
+        >>> conditional = flowkit.MAF(2, 2, [16], context_features=4, seed=0)
+        >>> summary = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Tanh())  # a 10-wide raw context
+        >>> flow = Flow(conditional.transform, conditional.base, context_features=10, embedding=summary)
+        >>> flow.log_prob(x, torch.randn(4, 10)).shape, flow.sample(3, torch.randn(10)).shape
+        (torch.Size([4]), torch.Size([3, 2]))
     """
 
-    def __init__(self, transform: Transform, base: nn.Module, *, context_features: int | None = None):
+    def __init__(self, transform: Transform, base: nn.Module, *, context_features: int | None = None,
+                 embedding: nn.Module | None = None):
         super().__init__()
         if not isinstance(transform, nn.Module) or not callable(getattr(transform, "inverse", None)):
             raise FlowkitTypeError(
@@ -230,10 +240,19 @@ class Flow(nn.Module):
                 f"{widths['base']}: expected the same width"
             )
         inferred = next(iter(widths.values()), 0)
-        if context_features is None:
+        if embedding is not None:
+            if not isinstance(embedding, nn.Module):
+                raise FlowkitTypeError(f"expected embedding to be a torch module, got {type(embedding).__name__}")
+            if not inferred:
+                raise FlowkitValueError("an embedding needs a conditional transform or base, but no part of "
+                                        "this flow takes a context")
+            if context_features is None:
+                raise FlowkitValueError("with an embedding, give context_features: the width of the raw context "
+                                        f"the embedding takes (its output is the parts' width, {inferred})")
+        elif context_features is None:
             context_features = inferred
-        context_features = check_int("context_features", context_features, least=0)
-        if inferred and inferred != context_features:
+        context_features = check_int("context_features", context_features, least=1 if embedding else 0)
+        if inferred and inferred != context_features and embedding is None:
             part = next(iter(widths))
             raise FlowkitValueError(
                 f"the {part} is conditional with context_features={inferred} but the flow has "
@@ -241,14 +260,29 @@ class Flow(nn.Module):
             )
         self.transform = transform
         self.base = base
+        self.embedding = embedding
         self.features = base.features
         self.context_features = context_features
+        self.embedded_features = inferred if embedding is not None else context_features
+
+    def _embed(self, context: Tensor | None) -> Tensor | None:
+        """The context as the parts see it: through the embedding, if any, once per call."""
+        if self.embedding is None or context is None:
+            return context
+        embedded = self.embedding(context)
+        expected = (*context.shape[:-1], self.embedded_features)
+        if not isinstance(embedded, Tensor) or tuple(embedded.shape) != expected:
+            got = tuple(embedded.shape) if isinstance(embedded, Tensor) else type(embedded).__name__
+            raise FlowkitValueError(f"expected the embedding to map the context {tuple(context.shape)} to {expected}, "
+                                    f"got {got}")
+        return embedded
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density in nats, one value per example."""
         check_features("x", x, self.features)
         check_finite("x", x)
         check_context(context, self.context_features, x.shape[:-1])
+        context = self._embed(context)
         with checked():  # x and the context are read once, here, not again in every layer
             z, logabsdet = self.transform(x, context)
             return self.base.log_prob(z, self._base_context(context)) + logabsdet
@@ -278,6 +312,7 @@ class Flow(nn.Module):
 
     def _draw(self, sample_shape, context=None, generator=None, reparameterised=True) -> tuple[Tensor, Tensor]:
         check_context(context, self.context_features, torch.Size())
+        context = self._embed(context)
         shape = as_sample_shape(sample_shape)
         expanded = None if context is None else context.expand(*shape, *context.shape)
         if self._base_context(context) is None:  # an unconditional base draws the context's batch too

@@ -685,3 +685,27 @@ def test_flow_and_diagonal_normal_take_context_features_by_keyword_only():
         parameters = inspect.signature(constructor).parameters
         assert parameters["context_features"].kind is inspect.Parameter.KEYWORD_ONLY
     assert inspect.signature(DiagonalNormal).parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_an_embedding_maps_the_raw_context_once_and_trains_with_the_flow():
+    torch.manual_seed(0)
+    maf = MAF(2, 2, [16], context_features=3, seed=0)
+    summary = torch.nn.Sequential(torch.nn.Linear(7, 3), torch.nn.Tanh())
+    flow = Flow(maf.transform, maf.base, context_features=7, embedding=summary)
+    x, raw = torch.randn(5, 2), torch.randn(5, 7)
+    assert torch.allclose(flow.log_prob(x, raw), maf.log_prob(x, summary(raw)), atol=1e-6)
+    samples, log_p = flow.sample_and_log_prob(4, raw)
+    assert samples.shape == (4, 5, 2) and torch.allclose(log_p, flow.log_prob(samples, raw), atol=1e-4)
+    assert flow.distribution(raw[0]).sample((3,)).shape == (3, 2)
+    flow.log_prob(x, raw).sum().backward()
+    assert summary[0].weight.grad is not None and summary[0].weight.grad.abs().sum() > 0
+    assert any(name.startswith("embedding.") for name in flow.state_dict())
+    with pytest.raises(flowkit.FlowkitValueError, match=r"expected context of shape \(\*, 7\)"):
+        flow.log_prob(x, summary(raw))  # the embedded width is not the raw one
+    with pytest.raises(flowkit.FlowkitValueError, match="give context_features"):
+        Flow(maf.transform, maf.base, embedding=summary)
+    with pytest.raises(flowkit.FlowkitValueError, match="no part of this flow takes a context"):
+        Flow(MAF(2, 1, [8]).transform, StandardNormal(2), context_features=7, embedding=summary)
+    wrong = Flow(maf.transform, maf.base, context_features=7, embedding=torch.nn.Linear(7, 4))
+    with pytest.raises(flowkit.FlowkitValueError, match=r"embedding to map the context \(5, 7\) to \(5, 3\)"):
+        wrong.log_prob(x, raw)
