@@ -104,8 +104,9 @@ def fit(
 
     Arguments:
         model: a density with ``log_prob(x)``, such as :class:`flowkit.BernoulliMADE`.
-        train: training data, ``(N, D)``.
-        valid: validation data, ``(M, D)``, or ``None`` (no early stopping).
+        train: training data, ``(N, D)``; for a conditional density the pair ``(x, context)``
+            with ``context: (N, C)``, one context per row (each minibatch takes both).
+        valid: validation data, ``(M, D)`` (or ``(x, context)``), or ``None`` (no early stopping).
         epochs, batch_size, lr: the optimisation settings.
         weight_decay: the weight decay :math:`\lambda`. With ``optimizer="adam"`` it is an L2
             penalty added to the gradient (``torch.optim.Adam``), which Adam's per-parameter
@@ -167,13 +168,13 @@ def fit(
     model.to(device)
     run = _Run.start(model, device, optimizer, lr, weight_decay, lr_schedule, epochs, patience, seed)
     if state is not None:
-        run.restore(state, checkpoint, math.ceil(len(train) / batch_size))
+        run.restore(state, checkpoint, math.ceil(settings["train_size"] / batch_size))
         run.log = state.get("log") or _rows_before(log, log_format, run.epoch)
     if log is not None:
         _write_log(log, log_format, run.log)  # the rows of the checkpoint's epochs, none past it
 
-    def minibatch_loss(x: Tensor) -> Tensor:
-        return -model.log_prob(x).mean()
+    def minibatch_loss(x: Tensor, context: Tensor | None) -> Tensor:
+        return -model.log_prob(x, context).mean()
 
     if compile:
         minibatch_loss = torch.compile(minibatch_loss)
@@ -186,7 +187,7 @@ def fit(
         epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
     for epoch in epoch_range:
         began = time.perf_counter()
-        train_nll = run.train_epoch(train, batch_size, minibatch_loss, masks, clip)
+        train_nll = run.train_epoch(_pairs("train data", train), batch_size, minibatch_loss, masks, clip)
         score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
         run.end_epoch(score, lr_schedule)
         run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
@@ -257,8 +258,10 @@ class _Run:
             "history": self.history.to_dict(), "best_state": self.best_state, "log": self.log,
         }
 
-    def train_epoch(self, train: Tensor, batch_size: int, minibatch_loss, masks: str, clip: float | None) -> float:
-        """One pass over ``train`` in a fresh random order; returns the mean training NLL."""
+    def train_epoch(self, train: tuple[Tensor, Tensor | None], batch_size: int, minibatch_loss, masks: str,
+                    clip: float | None) -> float:
+        """One pass over ``train = (x, context)`` in a fresh random order; returns the mean training NLL."""
+        train, context = train
         model, made = self.model, getattr(self.model, "made", None)
         model.train()
         self.history.lr.append(self.optimizer.param_groups[0]["lr"])
@@ -267,7 +270,8 @@ class _Run:
             if masks == "fresh":
                 made.draw_masks(self.step)
             self.step += 1
-            loss = minibatch_loss(train[indices].to(self.device))
+            batch_context = None if context is None else context[indices].to(self.device)
+            loss = minibatch_loss(train[indices].to(self.device), batch_context)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
@@ -307,6 +311,9 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean negative log-likelihood of ``data`` in nats and its standard error (NaN for one row).
 
+    ``data`` is ``x: (N, D)``, or a pair ``(x, context)`` with ``context: (N, C)`` for a
+    conditional density (the mean of minus log p(x_n | c_n)).
+
     ``data`` is moved to the model's device chunk by chunk; ``ensemble`` (the first mask sets)
     and ``keys`` (the mask keys ``0..keys-1``, see :meth:`flowkit.MADE.draw_masks`) are passed
     on only when given, so densities without mask sets (a :class:`flowkit.Flow`) are scored too.
@@ -318,16 +325,15 @@ def evaluate(
         0.0
     """
     _check_density(model)
-    if not isinstance(data, Tensor):
-        raise FlowkitTypeError(f"expected data to be a torch.Tensor, got {type(data).__name__}")
-    if data.dim() < 1 or len(data) == 0:
-        raise FlowkitValueError(f"expected data with at least one row to score, got shape {tuple(data.shape)}")
+    x, context = _pairs("data", data, least=1)
     batch_size = check_int("batch_size", batch_size, least=1)
     was_training = model.training
     model.eval()
     device = _device_of(model)
     options = {name: value for name, value in (("ensemble", ensemble), ("keys", keys)) if value is not None}
-    nll = torch.cat([-model.log_prob(chunk.to(device), **options).cpu() for chunk in data.split(batch_size)])
+    contexts = [None] * math.ceil(len(x) / batch_size) if context is None else context.split(batch_size)
+    nll = torch.cat([-model.log_prob(chunk.to(device), None if c is None else c.to(device), **options).cpu()
+                     for chunk, c in zip(x.split(batch_size), contexts)])
     model.train(was_training)
     stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
     return float(nll.mean()), stderr
@@ -393,14 +399,28 @@ def _settings(train: Tensor, valid: Tensor | None, **options: Any) -> dict[str, 
         options["clip"] = check_float("clip", options["clip"], above=0)
     if options["lr_schedule"] == "plateau" and valid is None:
         raise FlowkitValueError("lr_schedule='plateau' needs validation data, got valid=None")
-    for name, data in (("train", train), ("valid", valid)):
-        if data is None and name == "valid":
-            continue
-        if not isinstance(data, Tensor):
-            raise FlowkitTypeError(f"expected {name} data to be a torch.Tensor, got {type(data).__name__}")
-        if data.dim() < 2 or len(data) == 0:
-            raise FlowkitValueError(f"expected {name} data of shape (N, D) with N >= 1, got {tuple(data.shape)}")
-    return {**options, "train_size": len(train)}
+    train_x, _ = _pairs("train data", train)
+    if valid is not None:
+        _pairs("valid data", valid)
+    return {**options, "train_size": len(train_x)}
+
+
+def _pairs(name: str, data: Any, least: int = 2) -> tuple[Tensor, Tensor | None]:
+    """``data`` as ``(x, context)``: a tensor ``x`` of ``least`` or more dimensions and at least one
+    row, or a tuple ``(x, context)`` whose context has as many rows."""
+    x, context = data if isinstance(data, tuple) and len(data) == 2 else (data, None)
+    for label, value in ((name, x), (f"{name} context", context)):
+        if value is not None or label == name:
+            if not isinstance(value, Tensor):
+                raise FlowkitTypeError(f"expected {label} to be a torch.Tensor, got {type(value).__name__}")
+    if least == 2 and (x.dim() < 2 or len(x) == 0):
+        raise FlowkitValueError(f"expected {name} of shape (N, D) with N >= 1, got {tuple(x.shape)}")
+    if x.dim() < 1 or len(x) == 0:
+        raise FlowkitValueError(f"expected {name} with at least one row to score, got shape {tuple(x.shape)}")
+    if context is not None and (context.dim() < 2 or len(context) != len(x)):
+        raise FlowkitValueError(f"expected the {name} context of shape ({len(x)}, C), one row per row of x, "
+                                f"got {tuple(context.shape)}")
+    return x, context
 
 
 def check_resume(checkpoint: str | Path, train: Tensor, valid: Tensor | None = None, **options: Any) -> int:

@@ -379,3 +379,32 @@ def test_a_compiled_training_loss_follows_the_eager_run():
     assert history.valid_nll == pytest.approx(expected.valid_nll, rel=1e-6)
     for a, b in zip(eager.parameters(), compiled.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_fit_and_evaluate_take_a_context_per_row(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(600, 2, generator=g)
+    x = context @ torch.tensor([[2.0, 0.0], [0.0, -1.0]]) + 0.1 * torch.randn(600, 2, generator=g)
+    train, valid = (x[:500], context[:500]), (x[500:], context[500:])
+    conditional = flowkit.MAF(2, 2, [32], context_features=2, seed=0)
+    history = fit(conditional, train, valid, epochs=15, batch_size=50, lr=3e-3)
+    unconditional = flowkit.MAF(2, 2, [32], seed=0)
+    fit(unconditional, x[:500], x[500:], epochs=15, batch_size=50, lr=3e-3)
+    nll, _ = evaluate(conditional, valid)
+    with torch.no_grad():
+        assert abs(nll - float(-conditional.log_prob(*valid).mean())) < 1e-5
+    assert nll < evaluate(unconditional, x[500:])[0] - 1.0  # the context explains most of x
+    assert history.valid_nll[-1] < history.valid_nll[0]
+
+    path = tmp_path / "c.pt"  # resumed with contexts: the weights of an uninterrupted run
+    whole = flowkit.MAF(2, 1, [8], context_features=2, seed=1)
+    fit(whole, train, valid, epochs=3, batch_size=100)
+    half = flowkit.MAF(2, 1, [8], context_features=2, seed=1)
+    fit(half, train, valid, epochs=2, batch_size=100, checkpoint=path)
+    fit(half, train, valid, epochs=3, batch_size=100, checkpoint=path, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), half.state_dict().values()))
+
+    with pytest.raises(flowkit.FlowkitValueError, match=r"train data context of shape \(500, C\)"):
+        fit(conditional, (x[:500], context[:499]))
+    with pytest.raises(flowkit.FlowkitTypeError, match="expected data context to be a torch.Tensor, got list"):
+        evaluate(conditional, (x, [[0.0, 1.0]]))
