@@ -72,10 +72,12 @@ class AutoregressiveDensity(nn.Module):
 
     @property
     def features(self) -> int:
+        """The number of features :math:`D`."""
         return self.made.features
 
     @property
     def context_features(self) -> int:
+        """The width of the context (0: unconditional)."""
         return self.made.context_features
 
     def log_prob(

@@ -23,3 +23,13 @@ def test_page_runs(page, tmp_path, monkeypatch):
     for number, block in enumerate(BLOCK.findall(page.read_text()), 1):
         code = compile(block, f"{page.name}, python block {number}", "exec")
         exec(code, namespace)
+
+
+def test_the_api_reference_is_what_the_code_says():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_api", ROOT / "docs" / "build_api.py")
+    build_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_api)
+    assert (ROOT / "docs" / "api.md").read_text() == build_api.build(), "run python docs/build_api.py"
+    assert "(undocumented)" not in build_api.build()

@@ -266,6 +266,7 @@ class MaskedAutoregressive(Transform):
 
     @property
     def features(self) -> int:
+        """The number of features :math:`D`."""
         return self.made.features
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -34,6 +34,7 @@ class Permutation(Transform):
 
     @property
     def features(self) -> int:
+        """The number of features :math:`D`."""
         return self.permutation.numel()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
