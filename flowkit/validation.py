@@ -7,8 +7,8 @@ wrong value, a :class:`~flowkit.FlowkitTypeError` for a wrong type.
 for a list of widths), rates and bounds through :func:`check_float`, one policy for all of them:
 anything ``operator.index`` takes (Python and numpy integers, 0-d integer tensors) is an integer and
 comes back as a Python ``int``; any real number (Python, numpy) is a number and comes back as a
-``float``; ``bool`` is neither. A wrong type raises :class:`NumberTypeError` (a FlowkitTypeError
-that is also a ``ValueError``), a wrong value a FlowkitValueError, and both messages name the
+``float``; ``bool`` is neither. A wrong type raises :class:`NumberTypeError` (a FlowkitTypeError),
+a wrong value a FlowkitValueError, and both messages name the
 argument, what it should be and what came:
 
     >>> import numpy as np
@@ -43,13 +43,9 @@ __all__ = ["validate", "set_validation", "validation_enabled", "checked", "check
            "check_permutation", "mask_keys", "NumberTypeError"]
 
 
-class NumberTypeError(FlowkitTypeError, ValueError):
-    """An argument that should be a number (an int for a count, a real for a rate) and is not.
-
-    A :class:`~flowkit.FlowkitTypeError`, and a ``ValueError`` too: flowkit refused these arguments
-    with ``ValueError`` in some places and ``TypeError`` in others before the checks were shared,
-    and code that catches either keeps working.
-    """
+class NumberTypeError(FlowkitTypeError):
+    """An argument that should be a number (an int for a count, a real for a rate) and is not: a
+    :class:`~flowkit.FlowkitTypeError` (a wrong type), never a ``ValueError`` (a wrong value)."""
 
 _ENABLED = True
 _CHECKED = 0  # depth of checked() scopes: values inside were checked where they came in

@@ -607,12 +607,13 @@ class TestBadInput:
         with pytest.raises(ValueError, match="unconditional"):
             unconditional.complete(x, torch.ones(4, 3, dtype=torch.bool), torch.zeros(4, 2))
 
-    @pytest.mark.parametrize("ensemble", [0, 4, -1, True, 2.0])
-    def test_ensemble(self, ensemble):
+    @pytest.mark.parametrize("ensemble, error", [(0, ValueError), (4, ValueError), (-1, ValueError),
+                                                 (True, TypeError), (2.0, TypeError)])
+    def test_ensemble(self, ensemble, error):
         model = bernoulli(3, num_masks=3, order_agnostic=True)
-        with pytest.raises(ValueError, match=r"expected ensemble in 1\.\.3"):
+        with pytest.raises(error, match=r"expected ensemble in 1\.\.3"):
             model.log_prob(torch.zeros(3, dtype=torch.float64), ensemble=ensemble)
-        with pytest.raises(ValueError, match=r"expected ensemble in 1\.\.3"):
+        with pytest.raises(error, match=r"expected ensemble in 1\.\.3"):
             model.sample(2, ensemble=ensemble)
 
     def test_observed(self):

@@ -465,7 +465,8 @@ def test_flow_checks_x(factory):
 ])
 def test_bad_factory_arguments(factory, arguments):
     options = {"transforms": 2, **arguments}
-    with pytest.raises(ValueError, match="transforms|permutation|transformer"):
+    wrong_type = isinstance(options["transforms"], (bool, float))  # a count of the wrong type: TypeError
+    with pytest.raises(TypeError if wrong_type else ValueError, match="transforms|permutation|transformer"):
         factory(2, hidden_features=[8], **options)
 
 

@@ -236,6 +236,7 @@ def test_the_ensemble_of_keys_carries_no_gradient_and_refuses_bad_keys():
     assert model.log_prob(BINARY, ensemble=1).requires_grad
     with pytest.raises(ValueError, match="got both"):
         model.log_prob(BINARY, ensemble=1, keys=1)
-    for keys in (0, [], [-1], [0.5], "01", True):
-        with pytest.raises(ValueError, match="key"):
+    for keys, error in ((0, ValueError), ([], ValueError), ([-1], ValueError), ([0.5], TypeError),
+                        ("01", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="key"):
             model.log_prob(BINARY, keys=keys)

@@ -202,9 +202,11 @@ class TestCategorical:
         with pytest.raises(error, match=match):
             Categorical(3).check_support(x)
 
-    @pytest.mark.parametrize("categories", [1, 0, -2, 2.5, 3.0, True, "3"])
-    def test_constructor_rejects(self, categories):
-        with pytest.raises(ValueError, match="categories to be an int >= 2"):
+    @pytest.mark.parametrize("categories, error", [(1, ValueError), (0, ValueError), (-2, ValueError),
+                                                   (2.5, TypeError), (3.0, TypeError), (True, TypeError),
+                                                   ("3", TypeError)])
+    def test_constructor_rejects(self, categories, error):
+        with pytest.raises(error, match="categories to be an int >= 2"):
             Categorical(categories)
 
     def test_sizes(self):

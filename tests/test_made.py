@@ -575,7 +575,7 @@ class TestErrors:
          ((4, [16]), dict(num_masks=0), ValueError, "num_masks >= 1, got 0"),
          ((4, [16]), dict(columns_per_feature=0), ValueError, "columns_per_feature >= 1"),
          ((4, [16]), dict(context_features=-1), ValueError, "context_features.*>= 0, got -1"),
-         ((4, [16]), dict(context_features=1.5), ValueError, "context_features"),
+         ((4, [16]), dict(context_features=1.5), TypeError, "context_features"),
          ((4, [16]), dict(order=[0, 1, 1, 3]), ValueError, r"permutation of 0\.\.3"),
          ((4, [16]), dict(order=[0, 1, 2]), ValueError, r"permutation of 0\.\.3"),
          ((4, [16]), dict(order="backwards"), ValueError, "'backwards'"),

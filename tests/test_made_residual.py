@@ -280,7 +280,9 @@ def test_one_element_list_is_one_width():
      (16, dict(dropout=True), "dropout")],
 )
 def test_bad_arguments(hidden, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    wrong_type = any(isinstance(value, (bool, str)) or (isinstance(value, float) and key == "residual_blocks")
+                     for key, value in kwargs.items())  # an argument of the wrong type: TypeError
+    with pytest.raises(TypeError if wrong_type else ValueError, match=match):
         MADE(5, hidden, **kwargs)
 
 
