@@ -3,7 +3,10 @@
 Writes ``experiments/results/two_moons.png`` (data and the three densities side by side) and
 ``two_moons.json`` (held-out log-likelihood of each, nats per point, and training time).
 
-    python experiments/two_moons.py            # about 2 minutes on 2 cores
+    python experiments/two_moons.py            # about 80 s on 2 cores
+
+Each model trains with flowkit.train.fit: 77 epochs of 40 minibatches of 512, Adam at lr 3e-3 with a
+cosine schedule, no early stopping.
 """
 
 from __future__ import annotations
@@ -22,30 +25,21 @@ import flowkit  # noqa: E402
 from flowkit.atomic import save_figure, write_json  # noqa: E402
 from flowkit.data import two_moons  # noqa: E402
 from flowkit.plot import density_grid  # noqa: E402
+from flowkit.train import fit  # noqa: E402
 
 BOUNDS = (-3.5, 3.5, -2.5, 2.5)
 
 
-def train(model, data, steps: int, lr: float = 3e-3, batch: int = 512, seed: int = 0) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(seed)
+def train(model, data, epochs: int, lr: float = 3e-3, batch: int = 512, seed: int = 0) -> float:
+    """Maximum likelihood with :func:`flowkit.train.fit` (Adam, cosine schedule, no early stopping)."""
     start = time.perf_counter()
-    model.train()
-    for _ in range(steps):
-        rows = torch.randint(len(data), (batch,), generator=generator)
-        loss = -model.log_prob(data[rows]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
+    fit(model, data, epochs=epochs, batch_size=batch, lr=lr, lr_schedule="cosine", seed=seed)
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=77, help="epochs of 40 minibatches of 512 (77: 3080 steps)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -57,12 +51,12 @@ def main() -> None:
                                                             seed=0),
         "MADE MoG (10 components, 2x64)": flowkit.MADEMoG(2, 10, [64, 64], seed=0),
     }
-    results = {"command": "python experiments/two_moons.py", "steps": args.steps, "models": {}}
+    results = {"command": "python experiments/two_moons.py", "epochs": args.epochs, "models": {}}
     fig, axes = plt.subplots(1, len(models) + 1, figsize=(4 * (len(models) + 1), 3.2))
     axes[0].hist2d(*test_data.T.numpy(), bins=150, range=[BOUNDS[:2], BOUNDS[2:]], cmap="viridis")
     axes[0].set_title("data (5000 held-out points)", fontsize=9)
     for ax, (name, model) in zip(axes[1:], models.items()):
-        seconds = train(model, train_data, args.steps)
+        seconds = train(model, train_data, args.epochs)
         with torch.no_grad():
             test_ll = float(model.log_prob(test_data).mean())
         results["models"][name] = {"test_log_likelihood": test_ll, "train_seconds": round(seconds, 1)}
