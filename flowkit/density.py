@@ -156,6 +156,11 @@ class AutoregressiveDensity(nn.Module):
             ``sample_shape + context.shape[:-1] + (D,)``; floats 0/1 for a Bernoulli head,
             ``long`` categories for a categorical head.
         """
+        return self._draw(sample_shape, context, ensemble, generator)
+
+    def _draw(self, sample_shape, context, ensemble, generator, kept: list | None = None) -> Tensor:
+        """The draws of :meth:`sample`; ``kept`` (with the current mask set) collects the parameters
+        each feature was drawn with."""
         shape = self._sample_batch(sample_shape, context)
         context = None if context is None else context.expand(*shape, context.shape[-1])
         x = self._zeros(shape)
@@ -164,7 +169,7 @@ class AutoregressiveDensity(nn.Module):
             which = torch.full(shape, self.made.current_mask, device=x.device)
         else:
             which = torch.randint(self._check_ensemble(ensemble), shape, generator=generator, device=x.device)
-        return self._fill(x, nothing, context, which, generator)
+        return self._fill(x, nothing, context, which, generator, kept)
 
     def sample_and_log_prob(
         self,
@@ -195,26 +200,12 @@ class AutoregressiveDensity(nn.Module):
         if ensemble is not None:
             x = self.sample(sample_shape, context, ensemble=ensemble, generator=generator)
             return x, self.log_prob(x, context, ensemble=ensemble)
-        shape = self._sample_batch(sample_shape, context)
-        D = self.features
-        flat = self._zeros(shape).reshape(-1, D)
-        flat_context = None
-        if context is not None:
-            flat_context = context.expand(*shape, context.shape[-1]).reshape(-1, context.shape[-1])
-        noise = self.head.noise((len(flat), D), generator, self._dtype, flat.device)
-        kept = [None] * D  # the parameters each feature was drawn with
-
-        def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
-            kept[d] = params.clone()  # valid during the call only
-            return self.head.draw(params, noise[:, d])
-
-        x = autoregressive(self.made, flat, draw, encode=self.head.encode, context=flat_context,
-                           mask=self.made.current_mask)
-        if D and kept[0] is not None:
-            log_p = self.head.log_prob(torch.stack(kept, -2), x).sum(-1)
-        else:
-            log_p = flat.new_zeros(len(flat), dtype=self._dtype)
-        return x.reshape(*shape, D), log_p.reshape(shape)
+        kept = [None] * self.features  # the parameters each feature was drawn with
+        x = self._draw(sample_shape, context, None, generator, kept)
+        if kept[0] is None:  # an empty sample
+            return x, x.new_zeros(x.shape[:-1], dtype=self._dtype)
+        flat = x.reshape(-1, self.features)
+        return x, self.head.log_prob(torch.stack(kept, -2), flat).sum(-1).reshape(x.shape[:-1])
 
     @torch.no_grad()
     def complete(
@@ -284,8 +275,10 @@ class AutoregressiveDensity(nn.Module):
         context: Tensor | None,
         which: Tensor,
         generator: torch.Generator | None,
+        kept: list | None = None,
     ) -> Tensor:
-        """Draws the unobserved features of each example with the mask set ``which`` names."""
+        """Draws the unobserved features of each example with the mask set ``which`` names; ``kept``
+        (one mask set, nothing observed) receives the parameters each feature was drawn with."""
         D = self.features
         flat_x = x.reshape(-1, D).clone()
         flat_observed = observed.reshape(-1, D)
@@ -302,6 +295,8 @@ class AutoregressiveDensity(nn.Module):
                 return torch.where(known[:, d], current, self.head.draw(params, noise[:, d]))
 
             def draw_all(d: int, params: Tensor, current: Tensor) -> Tensor:
+                if kept is not None:
+                    kept[d] = params.clone()  # valid during the call only
                 return self.head.draw(params, noise[:, d])
 
             flat_x[rows] = autoregressive(
