@@ -169,8 +169,9 @@ class Categorical(Head):
         self.counts = counts
         """The category count of each feature, or ``None`` when every feature has ``categories``."""
         if counts is not None:
-            valid = torch.arange(categories) < torch.tensor(counts)[:, None]
-            self.register_buffer("valid", valid, persistent=False)  # (D, K): the logits that exist
+            limit = torch.tensor(counts)
+            self.register_buffer("limit", limit, persistent=False)  # (D,): each feature's count
+            self.register_buffer("valid", torch.arange(categories) < limit[:, None], persistent=False)  # (D, K)
 
     def _masked(self, params: Tensor) -> Tensor:
         """The logits ``(*batch, D, K)`` with those past each feature's count at -inf."""
@@ -179,7 +180,7 @@ class Categorical(Head):
         return params.masked_fill(~self.valid, float("-inf"))
 
     def _limit(self, x: Tensor) -> Tensor | int:
-        return self.categories if self.counts is None else torch.tensor(self.counts, device=x.device)
+        return self.categories if self.counts is None else self.limit.to(x.device)
 
     def check_support(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bool:

@@ -179,6 +179,7 @@ def fit(
     if compile:
         minibatch_loss = torch.compile(minibatch_loss)
     scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
+    train_pair = _pairs("train data", train)  # checked by _settings above; split once
     began_fit = time.perf_counter()
     epoch_range = range(run.epoch, run.epoch if run.stopped else epochs)
     if progress:
@@ -187,7 +188,7 @@ def fit(
         epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
     for epoch in epoch_range:
         began = time.perf_counter()
-        train_nll = run.train_epoch(_pairs("train data", train), batch_size, minibatch_loss, masks, clip)
+        train_nll = run.train_epoch(train_pair, batch_size, minibatch_loss, masks, clip)
         score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
         run.end_epoch(score, lr_schedule)
         run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],

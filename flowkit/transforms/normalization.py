@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from flowkit.errors import FlowkitValueError
 from flowkit.transforms.base import Transform, check_features
-from flowkit.validation import check_finite, check_float, check_int
+from flowkit.validation import check_finite, check_float, check_int, check_option
 
 __all__ = ["BatchNorm", "Standardize"]
 
@@ -130,8 +130,6 @@ class Standardize(Transform):
         ``constant="error"`` (the default) it raises, naming the features; with ``"keep"`` such a
         feature is only shifted (:math:`\sigma_i = 1`).
         """
-        from flowkit.validation import check_option
-
         check_option("constant", constant, ("error", "keep"))
         if not isinstance(x, Tensor) or x.dim() != 2 or not x.dtype.is_floating_point or len(x) < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
