@@ -2,7 +2,7 @@
 
 from flowkit import masks, transforms, vi
 from flowkit.checks import check_autoregressive
-from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG
+from flowkit.density import AutoregressiveDensity, BernoulliMADE, CategoricalMADE, MADEMoG, MixedMADE
 from flowkit.errors import FlowkitError, FlowkitTypeError, FlowkitValueError
 from flowkit.flows import IAF, MAF, DiagonalNormal, Flow
 from flowkit.made import MADE, ConnectivityWarning
@@ -15,6 +15,7 @@ __all__ = [
     "BernoulliMADE",
     "CategoricalMADE",
     "MADEMoG",
+    "MixedMADE",
     "Flow",
     "MAF",
     "IAF",

@@ -9,14 +9,15 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from flowkit.embedding import context_widths, embed, embedded_width
 from flowkit.engine import autoregressive
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
-from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head
+from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head, Mixed
 from flowkit.made import MADE
 from flowkit.validation import check_context, check_int, check_shape, checked, mask_keys
 from flowkit.validation import sample_shape as as_sample_shape
 
-__all__ = ["Density", "AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG"]
+__all__ = ["Density", "AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG", "MixedMADE"]
 
 
 @runtime_checkable
@@ -54,9 +55,23 @@ class AutoregressiveDensity(nn.Module):
         made: the network; ``made.params`` must equal ``head.params`` and
             ``made.columns_per_feature`` must equal ``head.columns``.
         head: the conditional family.
+        context_features: with an ``embedding``, the width of the raw context it takes
+            (required); otherwise the MADE's ``context_features`` (the default).
+        embedding: a module applied to the context once per call, before the MADE sees it, and
+            trained with the density (a summary network): it maps ``(*batch, context_features)``
+            to ``(*batch, made.context_features)``. The subclasses take it as ``embedding=`` with
+            ``context_features`` the raw width and find the MADE's width by running it once.
+
+    Example:
+        >>> made = flowkit.MADE(3, [16], params=1, context_features=4, seed=0)
+        >>> summary = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Tanh())
+        >>> model = AutoregressiveDensity(made, Bernoulli(), context_features=10, embedding=summary)
+        >>> model.log_prob(torch.ones(5, 3), torch.randn(5, 10)).shape
+        torch.Size([5])
     """
 
-    def __init__(self, made: MADE, head: Head):
+    def __init__(self, made: MADE, head: Head, *, context_features: int | None = None,
+                 embedding: nn.Module | None = None):
         super().__init__()
         if not isinstance(made, MADE):
             raise FlowkitTypeError(f"expected made to be a flowkit.MADE, got {type(made).__name__}")
@@ -67,18 +82,22 @@ class AutoregressiveDensity(nn.Module):
                 f"the head needs params={head.params} and columns_per_feature={head.columns}, "
                 f"the MADE has params={made.params} and columns_per_feature={made.columns_per_feature}"
             )
+        self.context_features, _ = context_widths(embedding, made.context_features, context_features, "density")
+        """The width of the context the density takes (0: unconditional); with an embedding, the raw width."""
+        if embedding is None and self.context_features != made.context_features:
+            raise FlowkitValueError(f"the MADE takes context_features={made.context_features} but the density has "
+                                    f"context_features={self.context_features}: expected the same width")
         self.made = made
         self.head = head
+        self.embedding = embedding
 
     @property
     def features(self) -> int:
         """The number of features :math:`D`."""
         return self.made.features
 
-    @property
-    def context_features(self) -> int:
-        """The width of the context (0: unconditional)."""
-        return self.made.context_features
+    def _embed(self, context: Tensor | None) -> Tensor | None:
+        return embed(self.embedding, context, self.made.context_features)
 
     def log_prob(
         self,
@@ -110,6 +129,7 @@ class AutoregressiveDensity(nn.Module):
         keys = None if keys is None else mask_keys(keys)
         x = self._check_x(x)
         check_context(context, self.context_features, x.shape[:-1])
+        context = self._embed(context)
         with checked():  # x and the context are read once, here, not again inside the network
             h = self.head.encode(x)
             if keys is not None:
@@ -162,6 +182,7 @@ class AutoregressiveDensity(nn.Module):
         """The draws of :meth:`sample`; ``kept`` (with the current mask set) collects the parameters
         each feature was drawn with."""
         shape = self._sample_batch(sample_shape, context)
+        context = self._embed(context)
         context = None if context is None else context.expand(*shape, context.shape[-1])
         x = self._zeros(shape)
         nothing = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
@@ -250,6 +271,7 @@ class AutoregressiveDensity(nn.Module):
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         x = self._check_x(torch.where(observed, x, zero))
         check_context(context, self.context_features, x.shape[:-1])
+        context = self._embed(context)
         batch = x.shape[:-1] if context is None else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
         x, observed = x.expand(*batch, self.features), observed.expand(*batch, self.features)
         context = None if context is None else context.expand(*batch, context.shape[-1])
@@ -292,12 +314,12 @@ class AutoregressiveDensity(nn.Module):
             noise = self.head.noise((len(rows), D), generator, self._dtype, flat_x.device)
 
             def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
-                return torch.where(known[:, d], current, self.head.draw(params, noise[:, d]))
+                return torch.where(known[:, d], current, self.head.draw(params, noise[:, d], d))
 
             def draw_all(d: int, params: Tensor, current: Tensor) -> Tensor:
                 if kept is not None:
                     kept[d] = params.clone()  # valid during the call only
-                return self.head.draw(params, noise[:, d])
+                return self.head.draw(params, noise[:, d], d)
 
             flat_x[rows] = autoregressive(
                 self.made,
@@ -332,6 +354,20 @@ class AutoregressiveDensity(nn.Module):
         return torch.zeros(*shape, self.features, dtype=dtype, device=self.made.layers[0].weight.device)
 
 
+def _with_embedding(made_options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits a subclass's options into the MADE's and the density's: with an ``embedding``,
+    ``context_features`` is the raw width and the MADE takes the embedding's output width."""
+    embedding = made_options.pop("embedding", None)
+    if embedding is None:
+        return made_options, {}
+    raw = made_options.get("context_features")
+    if raw is None:
+        raise FlowkitValueError("with an embedding, give context_features: the width of the raw context the "
+                                "embedding takes")
+    made_options["context_features"] = embedded_width(embedding, raw)
+    return made_options, {"context_features": raw, "embedding": embedding}
+
+
 class BernoulliMADE(AutoregressiveDensity):
     r"""A MADE over binary vectors: :math:`p(x_d = 1 \mid x_{<d}) = \sigma(\ell_d(x_{<d}))`.
 
@@ -339,7 +375,9 @@ class BernoulliMADE(AutoregressiveDensity):
         features: the number of binary features :math:`D`.
         hidden_features: the hidden widths of the MADE.
         made_options: any keyword of :class:`flowkit.MADE` (``context_features``, ``order``,
-            ``num_masks``, ``order_agnostic``, ``direct``, ``activation``, ``seed``, ...).
+            ``num_masks``, ``order_agnostic``, ``direct``, ``activation``, ``seed``, ...), and
+            ``embedding``: a module applied to the context first (see
+            :class:`AutoregressiveDensity`), with ``context_features`` the width of the raw context.
 
     Example:
         >>> model = BernoulliMADE(6, [32], seed=0)
@@ -349,7 +387,8 @@ class BernoulliMADE(AutoregressiveDensity):
     """
 
     def __init__(self, features: int, hidden_features: int | Sequence[int], **made_options: Any):
-        super().__init__(MADE(features, hidden_features, params=1, **made_options), Bernoulli())
+        made_options, density_options = _with_embedding(made_options)
+        super().__init__(MADE(features, hidden_features, params=1, **made_options), Bernoulli(), **density_options)
 
 
 class CategoricalMADE(AutoregressiveDensity):
@@ -361,7 +400,7 @@ class CategoricalMADE(AutoregressiveDensity):
             ``[K_1, ..., K_D]`` (feature :math:`d` in :math:`0..K_d - 1`; see
             :class:`~flowkit.heads.Categorical`).
         hidden_features: the hidden widths of the MADE.
-        made_options: any keyword of :class:`flowkit.MADE`.
+        made_options: any keyword of :class:`flowkit.MADE`, and ``embedding`` (as for :class:`BernoulliMADE`).
 
     Example:
         >>> model = CategoricalMADE(5, 3, [32], seed=0)
@@ -377,9 +416,10 @@ class CategoricalMADE(AutoregressiveDensity):
         if head.counts is not None and len(head.counts) != check_int("features", features, least=1):
             raise FlowkitValueError(f"expected one count of categories per feature ({features}), got "
                                     f"{len(head.counts)}: {list(head.counts)}")
+        made_options, density_options = _with_embedding(made_options)
         made = MADE(features, hidden_features, params=head.categories,
                     columns_per_feature=head.categories, **made_options)
-        super().__init__(made, head)
+        super().__init__(made, head, **density_options)
 
 
 class MADEMoG(AutoregressiveDensity):
@@ -394,7 +434,7 @@ class MADEMoG(AutoregressiveDensity):
         features: the number of features :math:`D`.
         components: the number of mixture components :math:`C`.
         hidden_features: the hidden widths of the MADE.
-        made_options: any keyword of :class:`flowkit.MADE`.
+        made_options: any keyword of :class:`flowkit.MADE`, and ``embedding`` (as for :class:`BernoulliMADE`).
 
     Example:
         >>> model = MADEMoG(2, 3, [32], seed=0)
@@ -407,4 +447,40 @@ class MADEMoG(AutoregressiveDensity):
         self, features: int, components: int, hidden_features: int | Sequence[int], **made_options: Any
     ):
         head = GaussianMixture(components)
-        super().__init__(MADE(features, hidden_features, params=head.params, **made_options), head)
+        made_options, density_options = _with_embedding(made_options)
+        super().__init__(MADE(features, hidden_features, params=head.params, **made_options), head, **density_options)
+
+
+class MixedMADE(AutoregressiveDensity):
+    r"""One MADE over mixed data: each feature has a conditional family of its own (binary,
+    categorical with its own count, continuous), all functions of the earlier features (and the
+    context) through one network:
+
+    .. math:: p(x \mid c) = \prod_d p_{o_d}(x_{o_d} \mid \theta_{o_d}(x_{o_1}, \dots, x_{o_{d-1}}, c))
+
+    Exact ``log_prob``, sampling through the incremental engine, ``sample_and_log_prob`` and
+    completion, as every :class:`AutoregressiveDensity`. Values are floats, a categorical feature
+    holding its category as ``0., 1., ...`` (see :class:`~flowkit.heads.Mixed`). The MADE's
+    ordering decides what conditions on what: with the default ``order`` the features are
+    modelled left to right, so put the discrete ones first to have the continuous ones depend on
+    them (the factorisation of sbi's MNLE, in one network).
+
+    Arguments:
+        heads: one head per feature, e.g. ``[Categorical(2), LogNormalMixture(5)]``.
+        hidden_features: the hidden widths of the MADE.
+        made_options: any keyword of :class:`flowkit.MADE`, and ``embedding`` (as for :class:`BernoulliMADE`).
+
+    Example:
+        >>> from flowkit.heads import Bernoulli, Categorical, LogNormalMixture
+        >>> model = MixedMADE([Bernoulli(), Categorical(3), LogNormalMixture(4)], [32], context_features=2, seed=0)
+        >>> x = model.sample(5, torch.zeros(2))
+        >>> x.shape, bool((x[:, 2] > 0).all()), model.log_prob(x, torch.zeros(2)).shape
+        (torch.Size([5, 3]), True, torch.Size([5]))
+    """
+
+    def __init__(self, heads: Sequence[Head], hidden_features: int | Sequence[int], **made_options: Any):
+        head = Mixed(heads)
+        made_options, density_options = _with_embedding(made_options)
+        made = MADE(head.features, hidden_features, params=head.params, columns_per_feature=head.columns,
+                    **made_options)
+        super().__init__(made, head, **density_options)

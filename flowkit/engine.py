@@ -53,7 +53,7 @@ Step = Callable[[int, Tensor, Tensor], Tensor]
 _IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
 
 
-def _identity(x: Tensor) -> Tensor:
+def _identity(x: Tensor, feature: int | None = None) -> Tensor:
     return x
 
 
@@ -62,7 +62,7 @@ def autoregressive(
     x: Tensor,
     step: Step,
     *,
-    encode: Callable[[Tensor], Tensor] = _identity,
+    encode: Callable[[Tensor, int | None], Tensor] = _identity,
     context: Tensor | None = None,
     mask: int | None = None,
     features: list[int] | Tensor | None = None,
@@ -83,8 +83,11 @@ def autoregressive(
         step: ``(d, params: (*batch, P), current: (*batch,)) -> (*batch,)``, the new values of
             feature ``d``. ``params`` and ``current`` are valid during the call only (the engine
             reuses their memory): copy them to keep them.
-        encode: maps values ``(*batch, k)`` of ``k`` features to their input columns
-            ``(*batch, k * columns_per_feature)``, feature by feature (one-hot for categories).
+        encode: ``encode(values, feature)`` maps the values ``(*batch, D)`` of all features
+            (``feature=None``) to their input columns ``(*batch, D * columns_per_feature)``, and
+            the values ``(*batch, 1)`` of feature ``d`` alone (``feature=d``) to
+            ``(*batch, columns_per_feature)`` (one-hot for categories; see
+            :meth:`flowkit.heads.Head.encode`).
         context: the context, ``(*batch, context_features)``, or ``None``.
         mask: the mask set whose ordering and masks are used; the current one when ``None``.
         features: only visit these features (ints or an integer tensor); all when ``None``.
@@ -127,7 +130,7 @@ def _plain(made, x, step, encode, context, index, order, visit) -> Tensor:
     for d in order:
         if d not in visit:
             continue
-        params = made(encode(x), context, mask=index, deterministic=True)[..., d, :]
+        params = made(encode(x, None), context, mask=index, deterministic=True)[..., d, :]
         # Out of place, so that gradients flow through every step.
         x = torch.where(columns[d], step(d, params, x[..., d]).unsqueeze(-1).to(x.dtype), x)
     return x
@@ -377,5 +380,5 @@ def _incremental(made, x, step, encode, context, index, visit) -> Tensor:
                 space.params.addmm_(direct, inputs)
             current = rows[d] if len(batch) == 1 else rows[d].reshape(batch)
             rows[d].copy_(step(d, params, current).reshape(-1))
-        space.writes[t].copy_(encode(rows[d].unsqueeze(-1)))
+        space.writes[t].copy_(encode(rows[d].unsqueeze(-1), d))
     return values.T.reshape(x.shape).clone()

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from flowkit.embedding import context_widths, embed
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import MADE
 from flowkit.transforms import (
@@ -240,18 +241,7 @@ class Flow(nn.Module):
                 f"{widths['base']}: expected the same width"
             )
         inferred = next(iter(widths.values()), 0)
-        if embedding is not None:
-            if not isinstance(embedding, nn.Module):
-                raise FlowkitTypeError(f"expected embedding to be a torch module, got {type(embedding).__name__}")
-            if not inferred:
-                raise FlowkitValueError("an embedding needs a conditional transform or base, but no part of "
-                                        "this flow takes a context")
-            if context_features is None:
-                raise FlowkitValueError("with an embedding, give context_features: the width of the raw context "
-                                        f"the embedding takes (its output is the parts' width, {inferred})")
-        elif context_features is None:
-            context_features = inferred
-        context_features = check_int("context_features", context_features, least=1 if embedding else 0)
+        context_features, embedded = context_widths(embedding, inferred, context_features, "flow")
         if inferred and inferred != context_features and embedding is None:
             part = next(iter(widths))
             raise FlowkitValueError(
@@ -263,19 +253,11 @@ class Flow(nn.Module):
         self.embedding = embedding
         self.features = base.features
         self.context_features = context_features
-        self.embedded_features = inferred if embedding is not None else context_features
+        self.embedded_features = embedded
 
     def _embed(self, context: Tensor | None) -> Tensor | None:
         """The context as the parts see it: through the embedding, if any, once per call."""
-        if self.embedding is None or context is None:
-            return context
-        embedded = self.embedding(context)
-        expected = (*context.shape[:-1], self.embedded_features)
-        if not isinstance(embedded, Tensor) or tuple(embedded.shape) != expected:
-            got = tuple(embedded.shape) if isinstance(embedded, Tensor) else type(embedded).__name__
-            raise FlowkitValueError(f"expected the embedding to map the context {tuple(context.shape)} to {expected}, "
-                                    f"got {got}")
-        return embedded
+        return embed(self.embedding, context, self.embedded_features)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-density in nats, one value per example."""

@@ -2,7 +2,8 @@ r"""Heads: the conditionals :math:`p(x_d \mid x_{<d})` a MADE's parameters descr
 
 A head knows how many parameters each feature needs (``params``), how its values are fed to the
 network (``columns`` input columns per feature, through :meth:`Head.encode`), the log-probability
-of values under the parameters, and how to draw one feature.
+of values under the parameters, and how to draw one feature. :class:`Mixed` gives each feature a
+head of its own (binary, categorical and continuous features in one MADE).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from flowkit.validation import (
     validation_enabled,
 )
 
-__all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "gumbel"]
+__all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "LogNormalMixture", "Mixed", "gumbel"]
 
 
 class Head(nn.Module):
@@ -44,6 +45,10 @@ class Head(nn.Module):
 
     and implements :meth:`check_support` (the support check), :meth:`encode` (values to network input),
     :meth:`log_prob`, and sampling split into :meth:`noise` and a deterministic :meth:`draw`.
+
+    :meth:`encode` and :meth:`draw` take the index of the feature they act on (``feature=d``) when
+    they act on one feature alone; a head whose features are all alike ignores it, a
+    :class:`Mixed` head needs it.
     """
 
     params: int
@@ -55,8 +60,9 @@ class Head(nn.Module):
         """Checks that ``x`` lies in the support and returns it in the head's value dtype."""
         raise NotImplementedError
 
-    def encode(self, x: Tensor) -> Tensor:
-        """The network's input for values ``x: (*batch, D)``, shape ``(*batch, D * columns)``."""
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
+        """The network's input for values ``x: (*batch, D)``, shape ``(*batch, D * columns)``; with
+        ``feature=d``, for the values ``x: (*batch, 1)`` of feature ``d`` alone, ``(*batch, columns)``."""
         raise NotImplementedError
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
@@ -68,8 +74,9 @@ class Head(nn.Module):
         """The standard noise that :meth:`draw` turns into values, ``(*shape, noise_size)``."""
         raise NotImplementedError
 
-    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
-        """Values from parameters ``(*batch, P)`` and noise ``(*batch, noise_size)``, deterministically.
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
+        """Values from parameters ``(*batch, P)`` and noise ``(*batch, noise_size)``, deterministically;
+        ``feature`` is the index of the feature drawn.
 
         Sampling is split so that the same noise gives the same values whatever evaluates the
         network (the reference loop or the incremental engine)."""
@@ -113,7 +120,7 @@ class Bernoulli(Head):
         bad = x[(x != 0) & (x != 1)].flatten()[:3].tolist()
         raise FlowkitValueError(f"expected binary values 0 or 1 for a Bernoulli model, got {bad}")
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
         return x
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
@@ -128,7 +135,7 @@ class Bernoulli(Head):
         u = u.clamp(min=torch.finfo(dtype).tiny)
         return torch.log(u) - torch.log1p(-u)
 
-    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
         return (params[..., 0] > noise[..., 0]).to(params.dtype)
 
 
@@ -210,8 +217,9 @@ class Categorical(Head):
         bad = bad[(bad < 0) | (bad >= self.counts[d])][:3].tolist()
         raise FlowkitValueError(f"expected categories of feature {d} in 0..{self.counts[d] - 1}, got values {bad}")
 
-    def encode(self, x: Tensor) -> Tensor:
-        return F.one_hot(x.long(), self.categories).flatten(-2).float()
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
+        dtype = x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()
+        return F.one_hot(x.long(), self.categories).flatten(-2).to(dtype)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logp = torch.log_softmax(self._masked(params), dim=-1)
@@ -225,7 +233,7 @@ class Categorical(Head):
             noise = noise.masked_fill(~self.valid.to(noise.device), float("-inf"))
         return noise
 
-    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
         # Gumbel-max: argmax(logits + Gumbel noise) is an exact categorical draw.
         return (params + noise).argmax(dim=-1)
 
@@ -270,7 +278,7 @@ class GaussianMixture(Head):
         check_finite("x", x)
         return x
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
         return x
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -288,10 +296,158 @@ class GaussianMixture(Head):
         normal = torch.randn(*shape, 1, generator=generator, dtype=dtype, device=device)
         return torch.cat([gumbel((*shape, self.components), generator, dtype, device), normal], -1)
 
-    def draw(self, params: Tensor, noise: Tensor) -> Tensor:
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
         log_weights, means, scales = self._split(params)
         pick = (log_weights + noise[..., :-1]).argmax(-1, keepdim=True)
         return means.gather(-1, pick).squeeze(-1) + scales.gather(-1, pick).squeeze(-1) * noise[..., -1]
 
     def extra_repr(self) -> str:
         return f"components={self.components}"
+
+
+class LogNormalMixture(GaussianMixture):
+    r"""Positive continuous conditionals whose logarithm is a mixture of :math:`C` Gaussians
+    (reaction times, rates, durations):
+
+    .. math:: p(x) = \frac{1}{x} \sum_c \pi_c \, \mathcal{N}(\log x; \mu_c, \sigma_c^2), \quad x > 0
+
+    with the parameters of :class:`GaussianMixture`. The network sees :math:`\log x`.
+
+    Example:
+        >>> head = LogNormalMixture(1)
+        >>> params = torch.tensor([[[0.0, 0.0, 20.0]]])  # mu = 0, sigma = softplus(20) + 1e-3
+        >>> expected = torch.distributions.LogNormal(0.0, 20.0 + 1e-3).log_prob(torch.tensor(2.0))
+        >>> torch.allclose(head.log_prob(params, torch.tensor([[2.0]])), expected)
+        True
+    """
+
+    def check_support(self, x: Tensor) -> Tensor:
+        x = super().check_support(x)
+        if validation_enabled():
+            require((x > 0).all(), lambda: self._raise_outside(x), "expected positive values")
+        return x
+
+    def _raise_outside(self, x: Tensor) -> None:
+        bad = x[x <= 0].flatten()[:3].tolist()
+        raise FlowkitValueError(f"expected positive values for a log-normal mixture, got {bad}")
+
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
+        # log x; a placeholder 0 (a feature not drawn yet) is fed as 0, not as -inf
+        return torch.log(x.clamp(min=torch.finfo(x.dtype).tiny)).where(x > 0, 0.0)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        log_x = torch.log(x.to(params.dtype))
+        return super().log_prob(params, log_x) - log_x
+
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
+        return torch.exp(super().draw(params, noise))
+
+
+class Mixed(Head):
+    r"""A head of its own for each feature: binary, categorical and continuous features in one MADE,
+    :math:`p(x) = \prod_d p_d(x_{o_d} \mid \theta_{o_d}(x_{<o_d}))` with :math:`p_d` the family of
+    feature :math:`d`.
+
+    Every feature gets the largest parameter count :math:`P = \max_d P_d`, input width
+    (``columns``, one-hot for a categorical feature, zero-padded for the others) and noise size
+    of its heads; feature :math:`d` reads the first :math:`P_d` of its parameters. Values are
+    floats: a categorical feature holds its category as ``0., 1., ...``. Features whose heads are
+    alike (same class and settings) are computed together.
+
+    Arguments:
+        heads: one head per feature, in feature order; a :class:`Categorical` head here has one
+            count (give a feature with ``K`` categories ``Categorical(K)``).
+
+    Example:
+        >>> head = Mixed([Bernoulli(), Categorical(3), GaussianMixture(2)])
+        >>> head.params, head.columns
+        (6, 3)
+        >>> head.encode(torch.tensor([[1.0, 2.0, -0.5]]))
+        tensor([[ 1.0000,  0.0000,  0.0000,  0.0000,  0.0000,  1.0000, -0.5000,  0.0000,  0.0000]])
+        >>> head.log_prob(torch.zeros(1, 3, 6), torch.tensor([[1.0, 2.0, 0.0]])).exp()
+        tensor([[0.5000, 0.3333, 0.5747]])
+    """
+
+    def __init__(self, heads: Sequence[Head]):
+        super().__init__()
+        heads = list(heads) if isinstance(heads, (list, tuple)) else heads
+        if not isinstance(heads, list) or not heads:
+            raise FlowkitValueError(f"expected heads to be a non-empty list of heads, one per feature, got {heads!r}")
+        groups: dict[tuple, list[int]] = {}
+        first: dict[tuple, Head] = {}
+        for d, head in enumerate(heads):
+            if not isinstance(head, Head) or isinstance(head, Mixed):
+                raise FlowkitTypeError(f"expected every entry of heads to be a flowkit head (not Mixed), got "
+                                       f"{type(head).__name__} for feature {d}")
+            if isinstance(head, Categorical) and head.counts is not None:
+                raise FlowkitValueError(f"expected a categorical head with one count for feature {d}, got counts "
+                                        f"{list(head.counts)}: give Categorical(K) to each feature")
+            key = (type(head), head.extra_repr())
+            groups.setdefault(key, []).append(d)
+            first.setdefault(key, head)
+        self.groups = nn.ModuleList(first[key] for key in groups)
+        self.indices = [index for index in groups.values()]
+        """The features of each group, in the order of :attr:`groups`."""
+        self.kinds = [0] * len(heads)
+        for g, index in enumerate(self.indices):
+            for d in index:
+                self.kinds[d] = g
+        order = [d for index in self.indices for d in index]
+        self.register_buffer("_inverse", torch.tensor(order).argsort(), persistent=False)
+        self.features = len(heads)
+        self.params = max(head.params for head in self.groups)
+        self.columns = max(head.columns for head in self.groups)
+        self.noise_size = max(head.noise_size for head in self.groups)
+
+    def head(self, feature: int) -> Head:
+        """The head of feature ``feature``."""
+        return self.groups[self.kinds[feature]]
+
+    def _pad(self, x: Tensor, width: int) -> Tensor:
+        return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+
+    def _check_features(self, x: Tensor) -> None:
+        if x.shape[-1] != self.features:
+            raise FlowkitValueError(f"expected {self.features} features for this mixed head, got shape "
+                                    f"{tuple(x.shape)}")
+
+    def check_support(self, x: Tensor) -> Tensor:
+        self._check_features(x)
+        if not x.dtype.is_floating_point:
+            x = x.to(torch.get_default_dtype())
+        for head, index in zip(self.groups, self.indices):
+            try:
+                head.check_support(x[..., index])
+            except FlowkitValueError as error:
+                raise FlowkitValueError(f"feature(s) {index} ({type(head).__name__}): {error}") from None
+        return x
+
+    def encode(self, x: Tensor, feature: int | None = None) -> Tensor:
+        if feature is not None:
+            head = self.head(feature)
+            return self._pad(head.encode(x).to(x.dtype), self.columns)
+        parts = [self._pad(head.encode(x[..., index]).to(x.dtype).unflatten(-1, (len(index), head.columns)),
+                           self.columns) for head, index in zip(self.groups, self.indices)]
+        return torch.cat(parts, -2).index_select(-2, self._inverse).flatten(-2)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        parts = [head.log_prob(params[..., index, :head.params], x[..., index])
+                 for head, index in zip(self.groups, self.indices)]
+        return torch.cat(parts, -1).index_select(-1, self._inverse)
+
+    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+        if not shape or shape[-1] != self.features:
+            raise FlowkitValueError(f"expected noise for all {self.features} features, got shape {tuple(shape)}")
+        parts = [self._pad(head.noise((*shape[:-1], len(index)), generator, dtype, device), self.noise_size)
+                 for head, index in zip(self.groups, self.indices)]
+        return torch.cat(parts, -2).index_select(-2, self._inverse.to(parts[0].device))
+
+    def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:
+        if feature is None:
+            raise FlowkitValueError("a mixed head draws one feature at a time: give feature=d")
+        head = self.head(feature)
+        return head.draw(params[..., :head.params], noise[..., :head.noise_size], feature).to(params.dtype)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{index}: {type(head).__name__}({head.extra_repr()})"
+                         for head, index in zip(self.groups, self.indices))
