@@ -1,6 +1,7 @@
 """Tests of the transforms: log-determinants against autograd Jacobians, round trips, the affine
 transformer, batch norm, permutations, input checks, dtypes and gradients."""
 
+import copy
 import inspect
 import io
 
@@ -19,6 +20,7 @@ from flowkit.transforms import (
     Permutation,
     RandomPermutation,
     ReversePermutation,
+    set_population_statistics,
 )
 from flowkit.transforms.autoregressive import TRANSFORMER_OPTIONS
 
@@ -363,6 +365,39 @@ def test_batch_norm_training_needs_two_examples(shape):
     with pytest.raises(ValueError, match="at least 2"):
         BatchNorm(3).train()(torch.randn(shape))
     assert BatchNorm(3).eval()(torch.randn(shape))[0].shape == shape
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_population_statistics_are_those_of_each_layers_input_with_the_earlier_layers_set(context):
+    flow = flowkit.MAF(4, 3, [16], batch_norm=True, context_features=context, seed=0).double()
+    x = torch.randn(3000, 4, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1, 2.0], dtype=torch.float64) + 3
+    c = torch.randn(3000, context, dtype=torch.float64) if context else None
+    flow.train()
+    assert set_population_statistics(flow, x, c, batch_size=700) == 2
+    assert flow.training  # the mode is restored
+    flow.eval()
+    h = x
+    with torch.no_grad():
+        for layer in flow.transform.transforms:
+            if isinstance(layer, BatchNorm):
+                assert torch.allclose(layer.running_mean, h.mean(0), atol=1e-10)
+                assert torch.allclose(layer.running_var, h.var(0), rtol=1e-8)
+            h = layer(h, c)[0]
+    whole = copy.deepcopy(flow)
+    set_population_statistics(whole, x, c, batch_size=10**6)  # one batch: the same statistics
+    assert torch.allclose(whole.log_prob(x[:5], None if c is None else c[:5]), flow.log_prob(x[:5], None if c is None
+                                                                                              else c[:5]))
+
+
+def test_population_statistics_of_a_model_without_batch_norm_and_bad_data():
+    assert set_population_statistics(flowkit.MAF(2, 2, [8], seed=0), torch.randn(10, 2)) == 0
+    flow = flowkit.MAF(2, 2, [8], batch_norm=True, seed=0)
+    with pytest.raises(FlowkitValueError, match=r"N >= 2, got \(1, 2\)"):
+        set_population_statistics(flow, torch.randn(1, 2))
+    with pytest.raises(FlowkitValueError, match="a tensor"):
+        set_population_statistics(flow, [[0.0, 1.0]])
+    with pytest.raises(FlowkitValueError, match="NaN"):
+        set_population_statistics(flow, torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
 
 
 def test_batch_norm_arguments():

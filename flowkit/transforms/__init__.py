@@ -4,7 +4,7 @@ layers, batch norm."""
 from flowkit.transforms.autoregressive import Affine, MaskedAutoregressive
 from flowkit.transforms.base import Composite, InputOutsideDomain, Inverse, Transform, Transformer
 from flowkit.transforms.linear import LULinear
-from flowkit.transforms.normalization import BatchNorm, Standardize
+from flowkit.transforms.normalization import BatchNorm, Standardize, set_population_statistics
 from flowkit.transforms.permutations import Permutation, RandomPermutation, ReversePermutation
 from flowkit.transforms.spline import RationalQuadraticSpline, rational_quadratic_spline
 
@@ -24,4 +24,5 @@ __all__ = [
     "LULinear",
     "BatchNorm",
     "Standardize",
+    "set_population_statistics",
 ]

@@ -10,7 +10,7 @@ from flowkit.errors import FlowkitValueError
 from flowkit.transforms.base import Transform, check_features
 from flowkit.validation import check_finite, check_float, check_int, check_option
 
-__all__ = ["BatchNorm", "Standardize"]
+__all__ = ["BatchNorm", "Standardize", "set_population_statistics"]
 
 
 class BatchNorm(Transform):
@@ -156,3 +156,92 @@ class Standardize(Transform):
         check_finite("y", y)
         x = y.to(self.scale.dtype) * self.scale + self.shift
         return x, torch.log(self.scale).sum().expand(x.shape[:-1])
+
+
+class _Reached(Exception):
+    """Stops a pass once the batch-norm layer being measured has seen its input."""
+
+
+@torch.no_grad()
+def set_population_statistics(model: nn.Module, x: Tensor, context: Tensor | None = None, *,
+                              batch_size: int = 8192) -> int:
+    r"""Sets every :class:`BatchNorm` layer of ``model`` to the exact mean and variance of its input
+    over the data ``x``, the statistics the MAF paper uses at test time (Papamakarios et al., 2017,
+    section 3.4), instead of the running averages of training.
+
+    The layers are visited in the order ``model.log_prob`` reaches them; each is measured with the
+    layers before it already set (one pass over ``x`` per layer, each stopped at the layer it
+    measures), in float64, batch by batch, so memory does not grow with ``x``. The model is left in
+    the mode it was in.
+
+    Arguments:
+        model: a density with ``log_prob(x, context)`` (a :class:`flowkit.Flow`, say).
+        x: ``(N, D)``, the data (a training set or a large sample of one).
+        context: ``(N, C)`` or ``None``.
+        batch_size: rows per pass.
+
+    Returns:
+        The number of batch-norm layers set.
+
+    Example:
+        >>> flow = flowkit.Flow(BatchNorm(2), flowkit.flows.StandardNormal(2))
+        >>> x = torch.randn(1000, 2) * 3 + 1
+        >>> set_population_statistics(flow, x)
+        1
+        >>> torch.allclose(flow.transform.running_mean, x.mean(0)), torch.allclose(flow.transform.running_var, x.var(0))
+        (True, True)
+    """
+    batch_size = check_int("batch_size", batch_size, least=1)
+    if not isinstance(x, Tensor):
+        raise FlowkitValueError(f"expected x to be a tensor of shape (N, D), got {type(x).__name__}")
+    if x.dim() != 2 or len(x) < 2:
+        raise FlowkitValueError(f"expected x of shape (N, D) with N >= 2, got {tuple(x.shape)}")
+    training = model.training
+    model.eval()
+    try:
+        layers = _reached_order(model, x[:2], None if context is None else context[:2])
+        for layer in layers:
+            _measure(model, layer, x, context, batch_size)
+    finally:
+        model.train(training)
+    return len(layers)
+
+
+def _reached_order(model: nn.Module, x: Tensor, context: Tensor | None) -> list[BatchNorm]:
+    reached: list[BatchNorm] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: reached.append(m) if m not in reached else None)
+             for m in model.modules() if isinstance(m, BatchNorm)]
+    try:
+        model.log_prob(x, context)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return reached
+
+
+def _measure(model: nn.Module, layer: BatchNorm, x: Tensor, context: Tensor | None, batch_size: int) -> None:
+    total = torch.zeros(layer.features, dtype=torch.float64, device=layer.running_mean.device)
+    squares, count = torch.zeros_like(total), 0
+
+    def grab(module: nn.Module, args: tuple) -> None:
+        nonlocal count
+        inputs = args[0].reshape(-1, layer.features).double()
+        total.add_(inputs.sum(0))
+        squares.add_(inputs.pow(2).sum(0))
+        count += len(inputs)
+        raise _Reached
+
+    hook = layer.register_forward_pre_hook(grab)
+    try:
+        for start in range(0, len(x), batch_size):
+            try:
+                rows = slice(start, start + batch_size)
+                model.log_prob(x[rows], None if context is None else context[rows])
+            except _Reached:
+                pass
+    finally:
+        hook.remove()
+    mean = total / count
+    var = (squares - count * mean.pow(2)).clamp(min=0) / max(count - 1, 1)
+    layer.running_mean.copy_(mean)
+    layer.running_var.copy_(var)
