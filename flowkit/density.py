@@ -52,7 +52,7 @@ class AutoregressiveDensity(nn.Module):
     (``flowkit.train.fit(..., masks="fresh")``); any number of keys, none of them stored.
 
     Arguments:
-        made: the network; ``made.params`` must equal ``head.params`` and
+        made: the network; ``made.num_params`` must equal ``head.num_params`` and
             ``made.columns_per_feature`` must equal ``head.columns``.
         head: the conditional family.
         context_features: with an ``embedding``, the width of the raw context it takes
@@ -63,7 +63,7 @@ class AutoregressiveDensity(nn.Module):
             ``context_features`` the raw width and find the MADE's width by running it once.
 
     Example:
-        >>> made = flowkit.MADE(3, [16], params=1, context_features=4, seed=0)
+        >>> made = flowkit.MADE(3, [16], num_params=1, context_features=4, seed=0)
         >>> summary = torch.nn.Sequential(torch.nn.Linear(10, 4), torch.nn.Tanh())
         >>> model = AutoregressiveDensity(made, Bernoulli(), context_features=10, embedding=summary)
         >>> model.log_prob(torch.ones(5, 3), torch.randn(5, 10)).shape
@@ -77,10 +77,10 @@ class AutoregressiveDensity(nn.Module):
             raise FlowkitTypeError(f"expected made to be a flowkit.MADE, got {type(made).__name__}")
         if not isinstance(head, Head):
             raise FlowkitTypeError(f"expected head to be a flowkit.heads.Head, got {type(head).__name__}")
-        if made.params != head.params or made.columns_per_feature != head.columns:
+        if made.num_params != head.num_params or made.columns_per_feature != head.columns:
             raise FlowkitValueError(
-                f"the head needs params={head.params} and columns_per_feature={head.columns}, "
-                f"the MADE has params={made.params} and columns_per_feature={made.columns_per_feature}"
+                f"the head needs num_params={head.num_params} and columns_per_feature={head.columns}, "
+                f"the MADE has num_params={made.num_params} and columns_per_feature={made.columns_per_feature}"
             )
         self.context_features, _ = context_widths(embedding, made.context_features, context_features, "density")
         """The width of the context the density takes (0: unconditional); with an embedding, the raw width."""
@@ -388,7 +388,7 @@ class BernoulliMADE(AutoregressiveDensity):
 
     def __init__(self, features: int, hidden_features: int | Sequence[int], **made_options: Any):
         made_options, density_options = _with_embedding(made_options)
-        super().__init__(MADE(features, hidden_features, params=1, **made_options), Bernoulli(), **density_options)
+        super().__init__(MADE(features, hidden_features, num_params=1, **made_options), Bernoulli(), **density_options)
 
 
 class CategoricalMADE(AutoregressiveDensity):
@@ -417,7 +417,7 @@ class CategoricalMADE(AutoregressiveDensity):
             raise FlowkitValueError(f"expected one count of categories per feature ({features}), got "
                                     f"{len(head.counts)}: {list(head.counts)}")
         made_options, density_options = _with_embedding(made_options)
-        made = MADE(features, hidden_features, params=head.categories,
+        made = MADE(features, hidden_features, num_params=head.categories,
                     columns_per_feature=head.categories, **made_options)
         super().__init__(made, head, **density_options)
 
@@ -448,7 +448,8 @@ class MADEMoG(AutoregressiveDensity):
     ):
         head = GaussianMixture(components)
         made_options, density_options = _with_embedding(made_options)
-        super().__init__(MADE(features, hidden_features, params=head.params, **made_options), head, **density_options)
+        made = MADE(features, hidden_features, num_params=head.num_params, **made_options)
+        super().__init__(made, head, **density_options)
 
 
 class MixedMADE(AutoregressiveDensity):
@@ -481,6 +482,6 @@ class MixedMADE(AutoregressiveDensity):
     def __init__(self, heads: Sequence[Head], hidden_features: int | Sequence[int], **made_options: Any):
         head = Mixed(heads)
         made_options, density_options = _with_embedding(made_options)
-        made = MADE(head.features, hidden_features, params=head.params, columns_per_feature=head.columns,
+        made = MADE(head.features, hidden_features, num_params=head.num_params, columns_per_feature=head.columns,
                     **made_options)
         super().__init__(made, head, **density_options)

@@ -180,7 +180,7 @@ def _plan(made: MADE, index: int) -> _Plan:
 
 
 def _build_plan(made: MADE, index: int) -> _Plan:
-    D, P, C, per = made.features, made.params, made.context_features, made.columns_per_feature
+    D, P, C, per = made.features, made.num_params, made.context_features, made.columns_per_feature
     order = made.orders[index].cpu()
     feature_degree = torch.empty(D, dtype=torch.long)
     feature_degree[order] = torch.arange(1, D + 1)
@@ -262,7 +262,7 @@ def _workspace(plan: _Plan, made: MADE, B: int, dtype: torch.dtype, device: torc
     key = (B, dtype, device)
     if key in plan.workspaces:
         return plan.workspaces[key]
-    D, C, P, per = made.features, made.context_features, made.params, made.columns_per_feature
+    D, C, P, per = made.features, made.context_features, made.num_params, made.columns_per_feature
     inputs = torch.zeros(C + D * per, B, dtype=dtype, device=device)
     hidden = [torch.zeros(layer.weight.shape[0], B, dtype=dtype, device=device) for layer in plan.layers]
     below = [inputs, *hidden[:-1]]

@@ -389,7 +389,7 @@ _ARGUMENTS = r"""
 
 _POSITIONAL = ("features", "transforms", "hidden_features")
 # set by every layer itself, not through the MADE's keywords
-_LAYER_SET = frozenset({"features", "hidden_features", "params", "context_features", "seed", "transformer_options"})
+_LAYER_SET = frozenset({"features", "hidden_features", "num_params", "context_features", "seed", "transformer_options"})
 
 
 def _made_keywords() -> frozenset[str] | None:

@@ -1,6 +1,6 @@
 r"""Heads: the conditionals :math:`p(x_d \mid x_{<d})` a MADE's parameters describe.
 
-A head knows how many parameters each feature needs (``params``), how its values are fed to the
+A head knows how many parameters each feature needs (``num_params``), how its values are fed to the
 network (``columns`` input columns per feature, through :meth:`Head.encode`), the log-probability
 of values under the parameters, and how to draw one feature. :class:`Mixed` gives each feature a
 head of its own (binary, categorical and continuous features in one MADE).
@@ -31,12 +31,12 @@ __all__ = ["Head", "Bernoulli", "Categorical", "GaussianMixture", "LogNormalMixt
 
 class Head(nn.Module):
     r"""The head protocol: the conditional :math:`p(x_d \mid \theta_d)` of one feature given the
-    ``params`` numbers :math:`\theta_d` a MADE computes for it, as an
+    ``num_params`` numbers :math:`\theta_d` a MADE computes for it, as an
     :class:`~flowkit.AutoregressiveDensity` uses it.
 
     A subclass sets
 
-    * ``params``: the parameters per feature :math:`P` (the MADE's outputs per feature);
+    * ``num_params``: the number of parameters per feature :math:`P` (the MADE's outputs per feature);
     * ``columns``: the network-input columns a value takes once encoded (1; ``K`` for a one-hot
       categorical value);
     * ``noise_size``: the standard noise numbers one draw consumes;
@@ -51,7 +51,7 @@ class Head(nn.Module):
     :class:`Mixed` head needs it.
     """
 
-    params: int
+    num_params: int
     columns: int
     noise_size: int
     value_dtype: torch.dtype | None = None
@@ -104,7 +104,7 @@ class Bernoulli(Head):
         tensor([[0.5000, 0.5000]])
     """
 
-    params = 1
+    num_params = 1
     columns = 1
 
     def check_support(self, x: Tensor) -> Tensor:
@@ -170,7 +170,7 @@ class Categorical(Head):
             categories = max(counts)
         categories = check_int("categories", categories, least=2)
         self.categories = categories
-        self.params = categories
+        self.num_params = categories
         self.columns = categories
         self.noise_size = categories
         self.counts = counts
@@ -269,7 +269,7 @@ class GaussianMixture(Head):
         components = check_int("components", components, least=1)
         eps = check_float("eps", eps, above=0)
         self.components, self.eps = components, eps
-        self.params = 3 * components
+        self.num_params = 3 * components
         self.noise_size = components + 1
 
     def check_support(self, x: Tensor) -> Tensor:
@@ -360,7 +360,7 @@ class Mixed(Head):
 
     Example:
         >>> head = Mixed([Bernoulli(), Categorical(3), GaussianMixture(2)])
-        >>> head.params, head.columns
+        >>> head.num_params, head.columns
         (6, 3)
         >>> head.encode(torch.tensor([[1.0, 2.0, -0.5]]))
         tensor([[ 1.0000,  0.0000,  0.0000,  0.0000,  0.0000,  1.0000, -0.5000,  0.0000,  0.0000]])
@@ -395,7 +395,7 @@ class Mixed(Head):
         order = [d for index in self.indices for d in index]
         self.register_buffer("_inverse", torch.tensor(order).argsort(), persistent=False)
         self.features = len(heads)
-        self.params = max(head.params for head in self.groups)
+        self.num_params = max(head.num_params for head in self.groups)
         self.columns = max(head.columns for head in self.groups)
         self.noise_size = max(head.noise_size for head in self.groups)
 
@@ -431,7 +431,7 @@ class Mixed(Head):
         return torch.cat(parts, -2).index_select(-2, self._inverse).flatten(-2)
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        parts = [head.log_prob(params[..., index, :head.params], x[..., index])
+        parts = [head.log_prob(params[..., index, :head.num_params], x[..., index])
                  for head, index in zip(self.groups, self.indices)]
         return torch.cat(parts, -1).index_select(-1, self._inverse)
 
@@ -446,7 +446,7 @@ class Mixed(Head):
         if feature is None:
             raise FlowkitValueError("a mixed head draws one feature at a time: give feature=d")
         head = self.head(feature)
-        return head.draw(params[..., :head.params], noise[..., :head.noise_size], feature).to(params.dtype)
+        return head.draw(params[..., :head.num_params], noise[..., :head.noise_size], feature).to(params.dtype)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{index}: {type(head).__name__}({head.extra_repr()})"

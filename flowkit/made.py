@@ -103,7 +103,7 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     r"""Masked Autoencoder for Distribution Estimation (Germain et al., 2015).
 
-    A multilayer perceptron whose weights are masked so that the ``params`` outputs of feature
+    A multilayer perceptron whose weights are masked so that the ``num_params`` outputs of feature
     :math:`d` depend only on the features that come before :math:`d` in an ordering (and on the
     context, which every unit may see):
 
@@ -153,7 +153,7 @@ class MADE(nn.Module):
         hidden_features: the widths of the hidden layers (an ``int`` means one layer); one width
             :math:`H` when ``residual_blocks > 0``. Widths below :math:`D - 1` are allowed; the
             masks then cannot represent every dependency and the network warns (see ``strict``).
-        params: the number of outputs per feature :math:`P`.
+        num_params: the number of outputs per feature :math:`P`.
         context_features: the width of the context; 0 for an unconditional network.
         order: the ordering of the first mask set: ``"natural"``, ``"reverse"``, ``"random"`` or
             a permutation listing the features in generation order.
@@ -172,7 +172,7 @@ class MADE(nn.Module):
 
     Shapes:
         ``x: (*batch, features * columns_per_feature)``, ``context: (*batch, context_features)``,
-        output ``(*batch, features, params)``.
+        output ``(*batch, features, num_params)``.
 
     Attributes:
         layers: the masked layers that change width: the first hidden layer(s), then the output
@@ -184,12 +184,12 @@ class MADE(nn.Module):
             :meth:`draw_masks`); in the ``state_dict()``, so a loaded network rebuilds the same keys.
 
     Example:
-        >>> made = MADE(5, [32, 32], params=2, seed=0)
+        >>> made = MADE(5, [32, 32], num_params=2, seed=0)
         >>> made(torch.randn(10, 5)).shape
         torch.Size([10, 5, 2])
         >>> flowkit.check_autoregressive(made).int().tolist()[4]  # feature 4 sees features 0..3
         [1, 1, 1, 1, 0]
-        >>> resmade = MADE(5, 32, params=2, residual_blocks=2, dropout=0.1, seed=0)
+        >>> resmade = MADE(5, 32, num_params=2, residual_blocks=2, dropout=0.1, seed=0)
         >>> resmade(torch.randn(10, 5)).shape
         torch.Size([10, 5, 2])
         >>> flowkit.check_autoregressive(resmade).int().tolist()[4]
@@ -200,7 +200,7 @@ class MADE(nn.Module):
         self,
         features: int,
         hidden_features: int | Sequence[int],
-        params: int = 1,
+        num_params: int = 1,
         *,
         context_features: int = 0,
         order: M.OrderSpec = "natural",
@@ -216,9 +216,9 @@ class MADE(nn.Module):
         strict: bool = False,
     ):
         super().__init__()
-        features, params, num_masks, columns_per_feature = (
+        features, num_params, num_masks, columns_per_feature = (
             check_int(name, value, least=1, expected=">= 1")
-            for name, value in [("features", features), ("params", params), ("num_masks", num_masks),
+            for name, value in [("features", features), ("num_params", num_params), ("num_masks", num_masks),
                                 ("columns_per_feature", columns_per_feature)]
         )
         hidden = check_ints("hidden_features", hidden_features, least=1, each="every hidden width",
@@ -236,7 +236,7 @@ class MADE(nn.Module):
         elementwise = _activation(activation)
 
         self.features = features
-        self.params = params
+        self.num_params = num_params
         self.context_features = context_features
         self.columns_per_feature = columns_per_feature
         self.hidden_features = hidden
@@ -274,7 +274,7 @@ class MADE(nn.Module):
         for r in range(num_masks):
             o = M.ordering(self.features, "random", generator) if (self.order_agnostic and r > 0) else first
             masks, direct_mask = M.made_masks(
-                o, self.hidden_features, params=self.params, columns_per_feature=self.columns_per_feature,
+                o, self.hidden_features, num_params=self.num_params, columns_per_feature=self.columns_per_feature,
                 context_features=self.context_features, rule=self.degree_rule, generator=generator,
                 residual_blocks=self.residual_blocks,
             )
@@ -409,7 +409,7 @@ class MADE(nn.Module):
         else:
             order = self.orders[self._index].cpu()
         masks, direct = M.made_masks(
-            order, self.hidden_features, params=self.params, columns_per_feature=self.columns_per_feature,
+            order, self.hidden_features, num_params=self.num_params, columns_per_feature=self.columns_per_feature,
             context_features=self.context_features, rule=self.degree_rule, generator=generator,
             residual_blocks=self.residual_blocks,
         )
@@ -447,7 +447,7 @@ class MADE(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: int | None = None,
                 deterministic: bool = False) -> Tensor:
-        """Returns the parameters of every conditional, shape ``(*batch, features, params)``.
+        """Returns the parameters of every conditional, shape ``(*batch, features, num_params)``.
 
         Arguments:
             x: the inputs, ``(*batch, features * columns_per_feature)``.
@@ -461,7 +461,7 @@ class MADE(nn.Module):
         out = self.layers[-1](out, index)
         if self.direct is not None:
             out = out + self.direct(h, index)
-        return out.unflatten(-1, (self.features, self.params))
+        return out.unflatten(-1, (self.features, self.num_params))
 
     def inputs(self, x: Tensor, context: Tensor | None) -> Tensor:
         """Validates ``x`` and ``context`` and joins them into the network's input columns."""
@@ -499,7 +499,7 @@ class MADE(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"features={self.features}, hidden_features={list(self.hidden_features)}, "
-            f"params={self.params}, context_features={self.context_features}, "
+            f"num_params={self.num_params}, context_features={self.context_features}, "
             f"num_masks={self.num_masks}"
             + (f", residual_blocks={self.residual_blocks}" if self.residual_blocks else "")
             + (f", dropout={self.dropout}" if self.dropout else "")

@@ -149,7 +149,7 @@ def made_masks(
     order: Tensor,
     hidden_features: Sequence[int],
     *,
-    params: int = 1,
+    num_params: int = 1,
     columns_per_feature: int = 1,
     context_features: int = 0,
     rule: DegreeRule = "random",
@@ -161,8 +161,8 @@ def made_masks(
     The network's input is ``features * columns_per_feature`` columns (feature ``i`` owns columns
     ``i * columns_per_feature ...``, sharing its degree), followed by ``context_features`` columns
     of degree 0. With a context, the first unit of every hidden layer gets degree 0, so that the
-    context reaches every output, the first feature's included. Its output is ``features * params``
-    rows, feature ``i`` owning rows ``i * params ... (i + 1) * params - 1``.
+    context reaches every output, the first feature's included. Its output is ``features * num_params``
+    rows, feature ``i`` owning rows ``i * num_params ... (i + 1) * num_params - 1``.
 
     With ``residual_blocks = K > 0`` (one hidden width :math:`H`), the ``2K`` layers of the
     residual blocks come between the first hidden layer and the output, each with the mask
@@ -174,7 +174,7 @@ def made_masks(
     Returns:
         ``(masks, direct)``: the masks of the ``len(hidden_features) + 2K + 1`` layers in the
         order the input meets them, each of shape ``(out_units, in_units)``, and the mask of the
-        direct input-to-output connection, of shape ``(features * params, in_columns)``.
+        direct input-to-output connection, of shape ``(features * num_params, in_columns)``.
 
     Example:
         >>> masks, direct = made_masks(torch.arange(3), [4], rule="even")
@@ -190,7 +190,7 @@ def made_masks(
     features = order.numel()
     hidden_features = check_ints("hidden_features", hidden_features, least=1, each="every hidden width",
                                  expected=">= 1")
-    params = check_int("params", params, least=1, expected=">= 1")
+    num_params = check_int("num_params", num_params, least=1, expected=">= 1")
     columns_per_feature = check_int("columns_per_feature", columns_per_feature, least=1, expected=">= 1")
     context_features = check_int("context_features", context_features, least=0)
     residual_blocks = check_int("residual_blocks", residual_blocks, least=0)
@@ -212,7 +212,7 @@ def made_masks(
         masks.append(hidden_mask(layer, below))
         below = layer
     masks.extend(hidden_mask(below, below) for _ in range(2 * residual_blocks))
-    outputs = degrees.repeat_interleave(params)
+    outputs = degrees.repeat_interleave(num_params)
     masks.append(output_mask(outputs, below))
     return masks, output_mask(outputs, inputs)
 

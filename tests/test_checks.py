@@ -32,7 +32,7 @@ def wide(features: int = 6, **options) -> MADE:
 class TestDependencies:
     @pytest.mark.parametrize(
         "options",
-        [dict(), dict(order="reverse"), dict(order=[4, 1, 5, 0, 3, 2], params=3),
+        [dict(), dict(order="reverse"), dict(order=[4, 1, 5, 0, 3, 2], num_params=3),
          dict(order="random", context_features=2), dict(columns_per_feature=3, direct=True)],
         ids=["natural", "reverse", "explicit", "context", "columns"],
     )
@@ -104,7 +104,7 @@ class TestCorruption:
 
     @pytest.mark.parametrize("params, columns", [(1, 1), (2, 3)])
     def test_names_the_offending_pair(self, params, columns):
-        made = MADE(3, [16], params=params, columns_per_feature=columns, direct=True,
+        made = MADE(3, [16], num_params=params, columns_per_feature=columns, direct=True,
                     hidden_degrees="even", seed=0)
         made.direct.masks[0, params - 1, 2 * columns + columns - 1] = True
         with pytest.raises(AutoregressiveError) as caught:

@@ -511,8 +511,8 @@ class TestModule:
         with pytest.raises(ValueError, match="params=3"):
             AutoregressiveDensity(MADE(3, [8], seed=0), Categorical(3))
         with pytest.raises(ValueError, match="columns_per_feature=3"):
-            AutoregressiveDensity(MADE(3, [8], params=3, seed=0), Categorical(3))
-        AutoregressiveDensity(MADE(3, [8], params=1, seed=0), Bernoulli())
+            AutoregressiveDensity(MADE(3, [8], num_params=3, seed=0), Categorical(3))
+        AutoregressiveDensity(MADE(3, [8], num_params=1, seed=0), Bernoulli())
 
     def test_eval_mode_sees_weight_changes(self):
         model = bernoulli(4)

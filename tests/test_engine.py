@@ -38,7 +38,7 @@ class Recorder:
 
 @pytest.mark.parametrize("mask", [0, 1, 2])
 def test_visits_in_the_order_of_the_mask_set(mask):
-    network = made(params=2, num_masks=3, order_agnostic=True)
+    network = made(num_params=2, num_masks=3, order_agnostic=True)
     assert len({tuple(o) for o in network.orders.tolist()}) == 3
     x = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
     step = Recorder()
@@ -59,7 +59,7 @@ def test_default_mask_is_the_current_one():
 
 @pytest.mark.parametrize("mask", [0, 1, 2])
 def test_params_are_those_of_the_final_values(mask):
-    network = made(params=2, num_masks=3, order_agnostic=True)
+    network = made(num_params=2, num_masks=3, order_agnostic=True)
     x = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
     step = Recorder()
     out = autoregressive(network, x, step, mask=mask)
@@ -109,7 +109,7 @@ def test_features_restricts_visits(features):
 
 @pytest.mark.parametrize("mask", [0, 1])
 def test_with_context(mask):
-    network = made(params=2, context_features=3, num_masks=2, order_agnostic=True)
+    network = made(num_params=2, context_features=3, num_masks=2, order_agnostic=True)
     context = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0))
     x = torch.zeros(2, 4, 5)
     step = Recorder()
@@ -126,7 +126,7 @@ def test_with_context(mask):
 @pytest.mark.parametrize("mask", [0, 1])
 def test_categorical_encoding(mask):
     K = 3
-    network = made(4, params=K, columns_per_feature=K, num_masks=2, order_agnostic=True)
+    network = made(4, num_params=K, columns_per_feature=K, num_masks=2, order_agnostic=True)
     encode = Categorical(K).encode
     x = torch.zeros(8, 4, dtype=torch.long)
     visits, seen = [], {}

@@ -152,7 +152,7 @@ CATALOGUE = [
     ("MADEMoG infinite x",
      lambda: flowkit.MADEMoG(2, 2, [8], seed=0).log_prob(torch.tensor([[0.0, float("inf")]])), V, "x contains"),
     ("density made type", lambda: AutoregressiveDensity("made", Bernoulli()), T, "made"),
-    ("density head mismatch", lambda: AutoregressiveDensity(flowkit.MADE(3, [8], params=2), Bernoulli()), V,
+    ("density head mismatch", lambda: AutoregressiveDensity(flowkit.MADE(3, [8], num_params=2), Bernoulli()), V,
      "params"),
     # flows
     ("MAF features", lambda: flowkit.MAF(0, 2, [8]), V, "features"),
@@ -244,7 +244,7 @@ CATALOGUE = [
     ("ordering object", lambda: M.ordering(3, object()), T, "order"),
     ("hidden_degrees width", lambda: M.hidden_degrees(0, 3, 1), V, "hidden width"),
     ("hidden_degrees rule", lambda: M.hidden_degrees(4, 3, 1, "uniform"), V, "rule"),
-    ("made_masks params", lambda: M.made_masks(torch.arange(3), [4], params=0), V, "params"),
+    ("made_masks params", lambda: M.made_masks(torch.arange(3), [4], num_params=0), V, "params"),
     ("made_masks order", lambda: M.made_masks(torch.tensor([0, 0, 1]), [4]), V, "order"),
     ("made_masks context_features", lambda: M.made_masks(torch.arange(3), [4], context_features=-1), V,
      "context_features"),
@@ -436,7 +436,7 @@ def test_numpy_integers_work_everywhere_a_count_is_taken():
     made = flowkit.MADE(np.int64(4), [np.int32(8)], num_masks=np.int64(2), context_features=np.int64(0),
                         order_agnostic=True, seed=np.int64(0))
     assert (made.features, made.hidden_features, made.num_masks) == (4, (8,), 2)
-    assert all(type(n) is int for n in (made.features, made.params, made.context_features, *made.hidden_features))
+    assert all(type(n) is int for n in (made.features, made.num_params, made.context_features, *made.hidden_features))
     made.use_mask(np.int64(1))
     made.draw_masks(np.int64(3))
     model = flowkit.BernoulliMADE(np.int64(3), np.int64(8), num_masks=np.int64(2), seed=0)
@@ -451,7 +451,7 @@ def test_numpy_integers_work_everywhere_a_count_is_taken():
     diagonal = DiagonalNormal(np.int64(2), context_features=np.int64(3), seed=0)
     assert diagonal.rsample(2, torch.zeros(5, 3)).shape == (2, 5, 2)
     assert BatchNorm(np.int64(2)).features == 2 and LULinear(np.int64(2)).features == 2
-    assert RationalQuadraticSpline(bins=np.int64(4)).params == 11
+    assert RationalQuadraticSpline(bins=np.int64(4)).num_params == 11
     assert elbo(log_joint, posterior(), np.int64(3)).shape == ()
 
 

@@ -650,7 +650,7 @@ def test_the_builder_is_a_frozen_keyword_only_dataclass_that_normalises_its_opti
     (lambda: IAF(2, 2, [8], transformer="spline", min_bin_width=0.9), FlowkitValueError, "min_bin_width"),
     (lambda: MAF(2, 2, [8], transformer_options={"bins": 4}), FlowkitTypeError, "transformer_options"),
     (lambda: MAF(2, 2, [8], tails="linear"), FlowkitTypeError, "tails"),
-    (lambda: MAF(2, 2, [8], params=3), FlowkitTypeError, "params"),
+    (lambda: MAF(2, 2, [8], num_params=3), FlowkitTypeError, "params"),
     (lambda: MAF(2, 2, [8], base=StandardNormal(3)), FlowkitValueError, "base has 3 features"),
     (lambda: MAF(2, 2, [8], base=object()), FlowkitTypeError, "base"),
     (lambda: MAF(2, 2), FlowkitTypeError, r"MAF\(\): missing a required argument: 'hidden_features'"),

@@ -31,7 +31,7 @@ def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
 OPTIONS = {
     "plain": dict(hidden_features=[16, 16]),
     "residual-direct-context": dict(hidden_features=16, residual_blocks=2, direct=True, context_features=2),
-    "grouped-columns": dict(hidden_features=[24], columns_per_feature=3, params=3),
+    "grouped-columns": dict(hidden_features=[24], columns_per_feature=3, num_params=3),
     "narrow-even": dict(hidden_features=[3], hidden_degrees="even"),
 }
 
@@ -115,13 +115,13 @@ def test_a_state_dict_without_a_mask_seed_still_loads():
 def test_a_key_gives_the_same_masks_in_a_fresh_process():
     code = (
         "import torch, flowkit\n"
-        "made = flowkit.MADE(6, 16, params=2, order_agnostic=True, residual_blocks=1, seed=21)\n"
+        "made = flowkit.MADE(6, 16, num_params=2, order_agnostic=True, residual_blocks=1, seed=21)\n"
         "made.draw_masks(1000003)\n"
         "print(made.order.tolist(), [int(l.masks.long().mul(torch.arange(l.masks.numel()).view_as(l.masks)).sum())"
         " for l in made._chain()])\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    made = MADE(6, 16, params=2, order_agnostic=True, residual_blocks=1, seed=21)
+    made = MADE(6, 16, num_params=2, order_agnostic=True, residual_blocks=1, seed=21)
     made.draw_masks(1000003)
     weights = [int(lin.masks.long().mul(torch.arange(lin.masks.numel()).view_as(lin.masks)).sum())
                for lin in made._chain()]
@@ -149,8 +149,8 @@ def test_restoring_masks_puts_the_mask_set_back_even_after_an_error():
 
 
 def test_kept_masked_weights_and_engine_plans_see_the_new_masks():
-    made = MADE(5, [16, 16], params=2, order_agnostic=True, direct=True, seed=0).eval()
-    reference = MADE(5, [16, 16], params=2, order_agnostic=True, direct=True, seed=0).eval()
+    made = MADE(5, [16, 16], num_params=2, order_agnostic=True, direct=True, seed=0).eval()
+    reference = MADE(5, [16, 16], num_params=2, order_agnostic=True, direct=True, seed=0).eval()
     x = torch.randn(7, 5)
 
     def step(d, params, current):
@@ -165,7 +165,7 @@ def test_kept_masked_weights_and_engine_plans_see_the_new_masks():
         fast = autoregressive(made, torch.zeros(7, 5), step)
     expected = autoregressive(reference, torch.zeros(7, 5), step)  # with gradients: the plain loop
     assert torch.allclose(fast, expected, atol=1e-6)
-    assert not torch.allclose(fast, autoregressive(MADE(5, [16, 16], params=2, seed=0), torch.zeros(7, 5), step))
+    assert not torch.allclose(fast, autoregressive(MADE(5, [16, 16], num_params=2, seed=0), torch.zeros(7, 5), step))
 
 
 # Densities: ensembles over keys.

@@ -211,5 +211,5 @@ class TestCategorical:
 
     def test_sizes(self):
         head = Categorical(7)
-        assert head.params == 7 and head.columns == 7 and head.categories == 7
-        assert Bernoulli.params == 1 and Bernoulli.columns == 1
+        assert head.num_params == 7 and head.columns == 7 and head.categories == 7
+        assert Bernoulli.num_params == 1 and Bernoulli.columns == 1

@@ -40,7 +40,7 @@ def test_spline_identity_params_give_the_identity(bins, bound, min_derivative):
     spline = RationalQuadraticSpline(bins=bins, bound=bound, min_bin_width=0.01, min_bin_height=0.02,
                                      min_derivative=min_derivative)
     params = spline.identity_params()
-    assert params.shape == (spline.params,) and params.dtype == torch.float64
+    assert params.shape == (spline.num_params,) and params.dtype == torch.float64
     x = torch.linspace(-2 * bound, 2 * bound, 1001, dtype=torch.float64)
     for method in (spline, spline.inverse):
         y, logabsdet = method(x, params.expand(1001, -1))
@@ -57,7 +57,7 @@ def test_the_output_layer_starts_at_the_identity_parameters(transformer, direct)
     layer = MaskedAutoregressive(4, [16, 16], transformer, context_features=2, direct=direct, seed=3, **options)
     default = MaskedAutoregressive(4, [16, 16], transformer, context_features=2, direct=direct, seed=3,
                                    identity_init=False, **options)
-    plain = MADE(4, [16, 16], params=layer.transformer.params, context_features=2, direct=direct, seed=3)
+    plain = MADE(4, [16, 16], num_params=layer.transformer.num_params, context_features=2, direct=direct, seed=3)
     for key, value in plain.state_dict().items():  # the opt-out keeps the MADE's own initialisation
         assert torch.equal(default.made.state_dict()[key], value), key
 
@@ -76,7 +76,7 @@ def test_the_output_layer_starts_at_the_identity_parameters(transformer, direct)
 
 def test_a_transformer_without_identity_params_keeps_the_made_initialisation():
     class Shift(nn.Module):
-        params = 1
+        num_params = 1
 
         def forward(self, x, params):
             return x + params[..., 0], torch.zeros_like(x)
@@ -85,7 +85,7 @@ def test_a_transformer_without_identity_params_keeps_the_made_initialisation():
             return y - params[..., 0], torch.zeros_like(y)
 
     layer = MaskedAutoregressive(3, [8], Shift(), seed=4)
-    reference = MADE(3, [8], params=1, seed=4)
+    reference = MADE(3, [8], num_params=1, seed=4)
     for key, value in reference.state_dict().items():
         assert torch.equal(layer.made.state_dict()[key], value), key
 

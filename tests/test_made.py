@@ -27,7 +27,7 @@ def allowed_by_position(order: torch.Tensor) -> torch.Tensor:
 
 def mask_paths(made: MADE, r: int) -> torch.Tensor:
     """Feature-to-feature dependencies of mask set ``r`` by integer products of its masks."""
-    D, P, C = made.features, made.params, made.columns_per_feature
+    D, P, C = made.features, made.num_params, made.columns_per_feature
     paths = made.layers[0].masks[r].long()
     for layer in made.layers[1:]:
         paths = layer.masks[r].long() @ paths
@@ -68,7 +68,7 @@ def reference_forward(made: MADE, x: torch.Tensor, r: int) -> torch.Tensor:
     out = h @ (last.weight * last.masks[r]).T + last.bias
     if made.direct is not None:
         out = out + x @ (made.direct.weight * made.direct.masks[r]).T
-    return out.view(*x.shape[:-1], made.features, made.params)
+    return out.view(*x.shape[:-1], made.features, made.num_params)
 
 
 def random_config(seed: int) -> dict:
@@ -78,7 +78,7 @@ def random_config(seed: int) -> dict:
     return dict(
         features=D,
         hidden_features=[rng.randint(1, 2 * D + 2) for _ in range(rng.randint(1, 3))],
-        params=rng.randint(1, 3),
+        num_params=rng.randint(1, 3),
         context_features=rng.randint(0, 2),
         order=rng.sample(range(D), D) if order == "explicit" else order,
         num_masks=rng.randint(1, 3),
@@ -109,11 +109,11 @@ class TestShapes:
     @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
     @pytest.mark.parametrize("params", [1, 3])
     def test_output_shape(self, batch, params):
-        made = MADE(4, [16], params=params, seed=0)
+        made = MADE(4, [16], num_params=params, seed=0)
         assert made(torch.randn(*batch, 4)).shape == (*batch, 4, params)
 
     def test_output_shape_with_columns_per_feature(self):
-        made = MADE(4, [16], params=2, columns_per_feature=3, seed=0)
+        made = MADE(4, [16], num_params=2, columns_per_feature=3, seed=0)
         assert made(torch.randn(5, 12)).shape == (5, 4, 2)
 
     @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ class TestShapes:
         [((3,), (2, 1), (2, 3)), ((), (4,), (4,)), ((4,), (), (4,)), ((2, 1), (1, 5), (2, 5))],
     )
     def test_context_broadcasts_against_x(self, x_batch, context_batch, out_batch):
-        made = MADE(3, [16], params=2, context_features=2, seed=0)
+        made = MADE(3, [16], num_params=2, context_features=2, seed=0)
         x = torch.randn(*x_batch, 3)
         context = torch.randn(*context_batch, 2)
         out = made(x, context)
@@ -151,7 +151,7 @@ class TestAutoregressive:
     @pytest.mark.parametrize("hidden", [[10], [12, 9], [8, 8, 8]])
     @pytest.mark.parametrize(
         "options",
-        [dict(), dict(order="reverse", params=2), dict(order="random", context_features=2),
+        [dict(), dict(order="reverse", num_params=2), dict(order="random", context_features=2),
          dict(columns_per_feature=2, num_masks=3, order_agnostic=True),
          dict(direct=True, context_features=1, num_masks=2, order_agnostic=True)],
         ids=["plain", "reverse", "context", "columns", "direct"],
@@ -187,7 +187,7 @@ class TestContext:
     @pytest.mark.parametrize("hidden", [[32], [32, 32]])
     @pytest.mark.parametrize("order", ["natural", "reverse", "random"])
     def test_every_output_depends_on_the_context(self, order, hidden, hidden_degrees):
-        made = MADE(5, hidden, params=2, context_features=3, order=order,
+        made = MADE(5, hidden, num_params=2, context_features=3, order=order,
                     hidden_degrees=hidden_degrees, activation=nn.Tanh, seed=0).double()
         x, context = inputs_for(made)
         sensitivity = context_jacobian(made, x, context)
@@ -230,7 +230,7 @@ class TestConnectivityWarning:
         "features, hidden, options",
         [(5, [1], dict()), (6, [2, 3], dict(order="random")),
          (5, [2], dict(num_masks=3, order_agnostic=True)),
-         (6, [3], dict(context_features=2, columns_per_feature=2, params=2)),
+         (6, [3], dict(context_features=2, columns_per_feature=2, num_params=2)),
          (5, [1], dict(hidden_degrees="even"))],
     )
     def test_warns_once_with_the_lost_count(self, features, hidden, options):
@@ -354,7 +354,7 @@ class TestMaskSets:
 
 
 class TestState:
-    options = dict(params=2, context_features=2, num_masks=3, order_agnostic=True, direct=True)
+    options = dict(num_params=2, context_features=2, num_masks=3, order_agnostic=True, direct=True)
 
     def test_state_dict_round_trip(self):
         saved = MADE(5, [16, 16], seed=0, **self.options)
@@ -474,7 +474,7 @@ class TestEvalCache:
 
 class TestDtypes:
     def test_double_model(self):
-        made = MADE(4, [16], params=2, context_features=1, seed=0).double()
+        made = MADE(4, [16], num_params=2, context_features=1, seed=0).double()
         x, context = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
         out = made(x, context)
         assert out.dtype == torch.float64

@@ -61,7 +61,7 @@ CONFIGS = {
     "agnostic": dict(num_masks=3, order_agnostic=True, order="random"),
     "context": dict(context_features=2, num_masks=2, order_agnostic=True),
     "direct": dict(direct=True, order="reverse"),
-    "columns": dict(columns_per_feature=3, params=2, num_masks=2, order_agnostic=True),
+    "columns": dict(columns_per_feature=3, num_params=2, num_masks=2, order_agnostic=True),
 }
 
 
@@ -177,7 +177,7 @@ def test_residual_bernoulli_made_is_normalised(options):
 
 class TestDropout:
     def made(self, blocks: int, p: float = 0.3, **options) -> MADE:
-        return loud(MADE(6, 32, params=2, residual_blocks=blocks, dropout=p, activation=nn.Tanh, seed=0,
+        return loud(MADE(6, 32, num_params=2, residual_blocks=blocks, dropout=p, activation=nn.Tanh, seed=0,
                          **options).double())
 
     @pytest.mark.parametrize("blocks", [0, 2])
@@ -237,7 +237,7 @@ class TestDropout:
 
 
 def test_state_dict_round_trip():
-    options = dict(params=2, context_features=2, num_masks=3, order_agnostic=True, direct=True,
+    options = dict(num_params=2, context_features=2, num_masks=3, order_agnostic=True, direct=True,
                    residual_blocks=2, dropout=0.2)
     saved = loud(MADE(5, 16, seed=0, **options))
     saved.next_mask()
@@ -288,7 +288,7 @@ def test_bad_arguments(hidden, kwargs, match):
 
 class TestInitialisation:
     def test_residual_blocks_start_near_the_identity(self):
-        made = MADE(63, 256, params=2, residual_blocks=4, seed=0)
+        made = MADE(63, 256, num_params=2, residual_blocks=4, seed=0)
         x = torch.randn(512, 63, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             first = made.layers[0](x)

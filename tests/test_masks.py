@@ -37,7 +37,7 @@ def random_config(seed: int) -> dict:
     return dict(
         features=D,
         hidden=[rng.randint(1, 2 * D + 2) for _ in range(rng.randint(1, 3))],
-        params=rng.randint(1, 3),
+        num_params=rng.randint(1, 3),
         columns_per_feature=rng.randint(1, 3),
         context_features=rng.randint(0, 2),
         order=rng.sample(range(D), D) if order == "explicit" else order,
@@ -51,7 +51,7 @@ def build(config: dict, seed: int):
     masks, direct = M.made_masks(
         order,
         config["hidden"],
-        params=config["params"],
+        num_params=config["num_params"],
         columns_per_feature=config["columns_per_feature"],
         context_features=config["context_features"],
         rule=config["rule"],
@@ -180,7 +180,7 @@ class TestMadeMasks:
     def test_mask_product_is_autoregressive(self, seed):
         config = random_config(seed)
         order, masks, direct = build(config, seed)
-        D, P, C = config["features"], config["params"], config["columns_per_feature"]
+        D, P, C = config["features"], config["num_params"], config["columns_per_feature"]
         allowed = allowed_by_position(order.tolist())
         paths = feature_paths(masks, D, P, C)
         assert (paths[~allowed] == 0).all()
@@ -190,7 +190,7 @@ class TestMadeMasks:
     def test_mask_shapes(self, seed):
         config = random_config(seed)
         _, masks, direct = build(config, seed)
-        D, P, C = config["features"], config["params"], config["columns_per_feature"]
+        D, P, C = config["features"], config["num_params"], config["columns_per_feature"]
         in_columns = D * C + config["context_features"]
         widths = config["hidden"]
         assert [tuple(m.shape) for m in masks] == list(
@@ -203,7 +203,7 @@ class TestMadeMasks:
     def test_direct_mask_is_strictly_lower_triangular_in_order(self, seed):
         config = random_config(seed)
         order, _, direct = build(config, seed)
-        P, C, K = config["params"], config["columns_per_feature"], config["context_features"]
+        P, C, K = config["num_params"], config["columns_per_feature"], config["context_features"]
         allowed = allowed_by_position(order.tolist())
         expected = allowed.repeat_interleave(P, dim=0).repeat_interleave(C, dim=1)
         expected = torch.cat([expected, torch.ones(expected.shape[0], K, dtype=torch.bool)], dim=1)
@@ -231,7 +231,7 @@ class TestMadeMasks:
         masks, _ = M.made_masks(M.ordering(3), [60], generator=seeded(0))
         assert masks[0].any(dim=1).all()
 
-    @pytest.mark.parametrize("name", ["params", "columns_per_feature"])
+    @pytest.mark.parametrize("name", ["num_params", "columns_per_feature"])
     def test_bad_counts_raise(self, name):
         with pytest.raises(ValueError, match=name):
             M.made_masks(M.ordering(3), [4], **{name: 0})
@@ -242,7 +242,7 @@ class TestConnectivity:
     def test_agrees_with_integer_paths(self, seed):
         config = random_config(seed)
         _, masks, _ = build(config, seed)
-        D, P, C = config["features"], config["params"], config["columns_per_feature"]
+        D, P, C = config["features"], config["num_params"], config["columns_per_feature"]
         expected = feature_paths(masks, D, P, C) > 0
         assert torch.equal(M.connectivity(masks, D, C), expected)
 
@@ -252,7 +252,7 @@ class TestConnectivity:
     @pytest.mark.parametrize("order", ["natural", "reverse", [3, 1, 4, 0, 5, 2]])
     def test_wide_even_layers_lose_nothing(self, order, hidden, context_features, columns_per_feature):
         order = M.ordering(6, order)
-        masks, _ = M.made_masks(order, hidden, params=2, rule="even",
+        masks, _ = M.made_masks(order, hidden, num_params=2, rule="even",
                                 columns_per_feature=columns_per_feature,
                                 context_features=context_features)
         allowed = allowed_by_position(order.tolist())

@@ -195,7 +195,7 @@ def test_fit_learns_a_choice_and_reaction_time_model():
 def test_heads_that_are_alike_are_computed_together():
     head = Mixed([Bernoulli(), GaussianMixture(2), Bernoulli(), GaussianMixture(3), GaussianMixture(2)])
     assert len(head.groups) == 3 and head.indices == [[0, 2], [1, 4], [3]]
-    assert head.params == 9 and head.columns == 1 and head.noise_size == 4
+    assert head.num_params == 9 and head.columns == 1 and head.noise_size == 4
     assert "GaussianMixture(components=3)" in repr(head)
 
 

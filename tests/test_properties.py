@@ -966,13 +966,13 @@ def test_diagonal_normal_loc_scale(config, data):
 
 @st.composite
 def made_configs(draw):
-    return dict(features=draw(st.integers(1, 5)), params=draw(st.integers(1, 3)),
+    return dict(features=draw(st.integers(1, 5)), num_params=draw(st.integers(1, 3)),
                 columns=draw(st.integers(1, 3)), context=draw(st.integers(0, 3)), made=draw(made_options()),
                 seed=draw(seeds), dtype=draw(st.sampled_from(MODEL_DTYPES)), training=draw(st.booleans()))
 
 
 def build_made(config: dict) -> MADE:
-    made = MADE(config["features"], params=config["params"], context_features=config["context"],
+    made = MADE(config["features"], num_params=config["num_params"], context_features=config["context"],
                 columns_per_feature=config["columns"], seed=config["seed"], **made_kwargs(config["made"]))
     return made.to(config["dtype"]).train(config["training"])
 
@@ -981,7 +981,7 @@ def build_made(config: dict) -> MADE:
 @given(config=made_configs(), data=st.data())
 def test_made_forward(config, data):
     made = build_made(config)
-    D, P, C, R = config["features"], config["params"], config["context"], config["made"]["num_masks"]
+    D, P, C, R = config["features"], config["num_params"], config["context"], config["made"]["num_masks"]
     columns = D * config["columns"]
     bx, bc, _ = data.draw(broadcast_pair(), label="batch shapes")
     x, x_status = data.draw(x_case("mog", columns, bx), label="x")  # any dtype converts, like a MoG's x
@@ -1172,16 +1172,16 @@ def test_rational_quadratic_spline(data):
     seed = data.draw(seeds, label="seed")
     x = make(shape, seed, dtype, data.draw(st.sampled_from([0.3, 1.0, 3.0]), label="x scale"))
     params_scale = data.draw(st.sampled_from([0.0, 1.0, 10.0, 100.0, 1e30]), label="params scale")
-    params = make((*shape, spline.params), seed + 1, dtype, params_scale)
+    params = make((*shape, spline.num_params), seed + 1, dtype, params_scale)
     what = data.draw(st.sampled_from(["valid", "valid", "valid", "value", "wrong_params", "params_shape"]),
                      label="case")
     if what == "value" and x.numel():
         x = put(x, data.draw(st.integers(0, 10**6), label="position"),
                 data.draw(st.sampled_from(EXTREMES + TINY + NONFINITE + [bound, -bound]), label="value"))
     if what == "wrong_params":
-        params = make((*shape, spline.params + data.draw(st.sampled_from([-1, 1, 3]))), seed + 1, dtype)
+        params = make((*shape, spline.num_params + data.draw(st.sampled_from([-1, 1, 3]))), seed + 1, dtype)
     if what == "params_shape":
-        params = make((*shape, 2, spline.params), seed + 1, dtype)
+        params = make((*shape, 2, spline.num_params), seed + 1, dtype)
     direction = data.draw(st.sampled_from(["forward", "inverse"]), label="direction")
     outcome = attempt(lambda: getattr(spline, direction)(x, params))
     if what in ("wrong_params", "params_shape"):
@@ -1227,7 +1227,7 @@ def test_constructors_refuse_bad_options(data):
                        label="constructor")
     options = {
         "made": {"features": BAD_COUNTS, "hidden_features": [[0], [-2], [True], [1.5], "8"],
-                 "params": BAD_COUNTS, "num_masks": BAD_COUNTS, "context_features": [-1, True, 1.5, "2"],
+                 "num_params": BAD_COUNTS, "num_masks": BAD_COUNTS, "context_features": [-1, True, 1.5, "2"],
                  "columns_per_feature": BAD_COUNTS, "residual_blocks": [-1, True, 1.5],
                  "dropout": [1.0, -0.1, True, math.nan, "0.1"], "order": ["sideways", [0, 0, 1], [0, 1]],
                  "hidden_degrees": ["odd"]},

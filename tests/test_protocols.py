@@ -15,7 +15,7 @@ from flowkit.transforms import Affine, MaskedAutoregressive, RationalQuadraticSp
 class Shift(Transformer):
     """y = x + t: a transformer of one parameter, written against the protocol."""
 
-    params = 1
+    num_params = 1
 
     def forward(self, x, params):
         return x + params[..., 0], torch.zeros_like(x)

@@ -275,7 +275,7 @@ class TestStability:
 class TestModule:
     def test_transformer_matches_function(self):
         spline = RationalQuadraticSpline(bins=5, bound=2.0, min_bin_width=1e-2, min_derivative=1e-2)
-        assert spline.params == 14
+        assert spline.num_params == 14
         x, params = draw((3, 4), bins=5, scale=1.5, low=-3.0, high=3.0, seed=19)
         y, ladj = spline(x, params)
         expected = rational_quadratic_spline(x, params, bound=2.0, min_bin_width=1e-2, min_derivative=1e-2)

@@ -44,7 +44,7 @@ class Affine(Transformer):
         True
     """
 
-    params = 2
+    num_params = 2
 
     def __init__(self, eps: float = 1e-3):
         super().__init__()
@@ -159,7 +159,7 @@ def make_transformer(transformer: str | Transformer, **options: Any) -> Transfor
     ``params``, ``forward(x, params)`` and ``inverse(y, params)`` is taken as one."""
     options = resolve_transformer_options(transformer, transformer_options=options)
     if isinstance(transformer, nn.Module):
-        missing = [name for name in ("params", "forward", "inverse") if not hasattr(transformer, name)]
+        missing = [name for name in ("num_params", "forward", "inverse") if not hasattr(transformer, name)]
         if missing:
             raise FlowkitTypeError(
                 f"expected the transformer module to have params, forward(x, params) and inverse(y, params); "
@@ -181,7 +181,7 @@ class MaskedAutoregressive(Transform):
     Arguments:
         features: the number of features :math:`D`.
         hidden_features: the hidden widths of the MADE.
-        transformer: ``"affine"``, ``"spline"`` or a transformer module (with ``params``,
+        transformer: ``"affine"``, ``"spline"`` or a transformer module (with ``num_params``,
             ``forward(x, params)`` and ``inverse(y, params)``, elementwise).
         context_features: the width of the context (0: unconditional).
         transformer_options: the transformer's options as one dict (``{"bins": 8}``), the older
@@ -247,7 +247,7 @@ class MaskedAutoregressive(Transform):
                      min_derivative=min_derivative, eps=eps)
         options = resolve_transformer_options(transformer, named, transformer_options)
         self.transformer = make_transformer(transformer, **options)
-        self.made = MADE(features, hidden_features, params=self.transformer.params,
+        self.made = MADE(features, hidden_features, num_params=self.transformer.num_params,
                          context_features=context_features, **made_options)
         identity = getattr(self.transformer, "identity_params", lambda: None)() if identity_init else None
         if identity is not None:

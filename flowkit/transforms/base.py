@@ -46,7 +46,7 @@ class Transformer(nn.Module):
 
     .. math:: (y_d, \log|\partial y_d / \partial x_d|) = 	au(x_d; 	heta_d)
 
-    A subclass sets ``params``, the number of parameters per element :math:`P`, and implements
+    A subclass sets ``num_params``, the number of parameters per element :math:`P`, and implements
 
     * ``forward(x, params) -> (y, logabsdet)``: ``x: (*batch, D)``, ``params: (*batch, D, P)``,
       ``y`` and ``logabsdet`` ``(*batch, D)`` (the data-to-noise direction of a MAF layer);
@@ -59,7 +59,7 @@ class Transformer(nn.Module):
     the two that flowkit has.
     """
 
-    params: int
+    num_params: int
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -163,7 +163,7 @@ class RationalQuadraticSpline(Transformer):
     r"""The monotonic rational-quadratic spline as an elementwise transformer.
 
     Durkan et al., *Neural Spline Flows* (NeurIPS 2019). Each element :math:`x` is mapped by its
-    own spline with :math:`K` bins on :math:`[-B, B]`, described by ``params = 3K - 1``
+    own spline with :math:`K` bins on :math:`[-B, B]`, described by ``num_params = 3K - 1``
     unconstrained numbers (typically the output of a conditioner network):
 
     .. math:: y = y_k + \frac{h_k \left(s_k \xi^2 + \delta_k \xi (1 - \xi)\right)}
@@ -189,15 +189,15 @@ class RationalQuadraticSpline(Transformer):
 
     Example:
         >>> spline = RationalQuadraticSpline(bins=4, bound=2.0)
-        >>> spline.params
+        >>> spline.num_params
         11
         >>> x = torch.tensor([[-3.0, 0.5], [1.0, 1.9]])
-        >>> y, ladj = spline(x, torch.randn(2, 2, spline.params))
+        >>> y, ladj = spline(x, torch.randn(2, 2, spline.num_params))
         >>> y.shape, ladj.shape, y[0, 0].item()
         (torch.Size([2, 2]), torch.Size([2, 2]), -3.0)
     """
 
-    params: int
+    num_params: int
 
     def __init__(
         self,
@@ -212,7 +212,7 @@ class RationalQuadraticSpline(Transformer):
         self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative = _check_bounds(
             self.bins, bound, min_bin_width, min_bin_height, min_derivative
         )
-        self.params = 3 * bins - 1
+        self.num_params = 3 * bins - 1
 
     def identity_params(self) -> Tensor:
         r"""The parameters of the identity, ``(3K - 1,)``: equal widths and heights (every bin of
@@ -247,9 +247,9 @@ class RationalQuadraticSpline(Transformer):
     def _transform(self, x: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         if not isinstance(params, Tensor):
             raise FlowkitTypeError(f"expected params to be a floating tensor, got {type(params).__name__}")
-        if params.shape[-1:] != (self.params,):
+        if params.shape[-1:] != (self.num_params,):
             raise FlowkitValueError(
-                f"expected params of shape (*, {self.params}) for {self.bins} bins, "
+                f"expected params of shape (*, {self.num_params}) for {self.bins} bins, "
                 f"got {tuple(params.shape)}"
             )
         return rational_quadratic_spline(
