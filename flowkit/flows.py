@@ -58,7 +58,7 @@ class FlowBase(Protocol):
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor: ...
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-               generator: torch.Generator | None = None) -> Tensor: ...
+               *, generator: torch.Generator | None = None) -> Tensor: ...
 
 
 def _standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -85,14 +85,14 @@ class StandardNormal(nn.Module):
         return _standard_normal_log_prob(z)
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                *, generator: torch.Generator | None = None) -> Tensor:
         shape = as_sample_shape(sample_shape) + (() if context is None else context.shape[:-1])
         o = self._origin
         return torch.randn(*shape, self.features, generator=generator, dtype=o.dtype, device=o.device)
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
-        return self.rsample(sample_shape, context, generator)
+               *, generator: torch.Generator | None = None) -> Tensor:
+        return self.rsample(sample_shape, context, generator=generator)
 
 
 class DiagonalNormal(nn.Module):
@@ -158,7 +158,7 @@ class DiagonalNormal(nn.Module):
         return _standard_normal_log_prob(noise) + logabsdet.sum(-1)
 
     def sample_and_log_prob(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                            *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Reparameterised draws and their log-densities, scored from the noise that made them:
         the mean and scale are computed once, from the context as given (not once per sample).
         Gradients reach the mean and scale, and through a context the encoder that produced it."""
@@ -170,14 +170,14 @@ class DiagonalNormal(nn.Module):
         return z, _standard_normal_log_prob(noise) - log_scale.sum(-1)
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                *, generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised draws (see :meth:`sample_and_log_prob`)."""
-        return self.sample_and_log_prob(sample_shape, context, generator)[0]
+        return self.sample_and_log_prob(sample_shape, context, generator=generator)[0]
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               *, generator: torch.Generator | None = None) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape, context, generator)
+            return self.rsample(sample_shape, context, generator=generator)
 
 
 def _context_width(module: nn.Module) -> int:
@@ -274,19 +274,19 @@ class Flow(nn.Module):
         return context if getattr(self.base, "context_features", 0) else None
 
     def rsample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+                *, generator: torch.Generator | None = None) -> Tensor:
         """Reparameterised samples: gradients reach the transforms' parameters, and the base's
         when it has an ``rsample`` (a standard normal has no parameters; a MADE MoG has none)."""
         return self._draw(sample_shape, context, generator)[0]
 
     def sample(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-               generator: torch.Generator | None = None) -> Tensor:
+               *, generator: torch.Generator | None = None) -> Tensor:
         """Samples without gradients."""
         with torch.no_grad():
             return self._draw(sample_shape, context, generator, reparameterised=False)[0]
 
     def sample_and_log_prob(self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None,
-                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                            *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         r"""Samples and their log-densities, in the noise-to-data direction only:
         :math:`\log p(x) = \log p_0(z) - \log|\det J_{f^{-1}}(z)|`. One pass for an IAF.
         Gradients flow (reparameterised) when the base allows it."""
