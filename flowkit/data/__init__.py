@@ -7,6 +7,7 @@ from flowkit.data.files import load_file, split
 from flowkit.data.images import bits_per_dim, dequantize, logit_transform
 from flowkit.data.mnist import binarized_mnist, load_mnist
 from flowkit.data.power import load_power
+from flowkit.data.shapes import SHAPE_KINDS, draw_shapes, shapes
 from flowkit.data.splits import Splits
 from flowkit.data.toy import TOY, checkerboard, eight_gaussians, pinwheel, rings, two_moons, two_spirals
 
@@ -15,4 +16,5 @@ __all__ = [
     "bits_per_dim", "dequantize", "logit_transform",
     "cache_dir", "checkerboard", "digits", "eight_gaussians", "fetch_package_file", "load_digits", "load_file",
     "load_mnist", "load_power", "pinwheel", "rings", "split", "two_moons", "two_spirals",
+    "SHAPE_KINDS", "draw_shapes", "shapes",
 ]
