@@ -83,7 +83,7 @@ class AutoregressiveDensity(nn.Module):
                 f"the MADE has num_params={made.num_params} and columns_per_feature={made.columns_per_feature}"
             )
         self.context_features, _ = context_widths(embedding, made.context_features, context_features, "density")
-        """The width of the context the density takes (0: unconditional); with an embedding, the raw width."""
+        """The width of the context the density takes, zero for none; with an embedding, the raw width."""
         if embedding is None and self.context_features != made.context_features:
             raise FlowkitValueError(f"the MADE takes context_features={made.context_features} but the density has "
                                     f"context_features={self.context_features}: expected the same width")

