@@ -80,32 +80,10 @@ def rational_quadratic_spline(
         >>> torch.allclose(z, x, atol=1e-5), torch.allclose(inv_ladj, -ladj, atol=1e-5)
         (True, True)
     """
-    for name, tensor in (("x", x), ("params", params)):
-        if not isinstance(tensor, Tensor) or not tensor.dtype.is_floating_point:
-            got = f"dtype {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
-            raise FlowkitTypeError(f"expected {name} to be a floating tensor, got {got}")
-    if params.dim() == 0:
-        raise FlowkitValueError("expected params of shape (*x.shape, 3K - 1), got a scalar")
-    bins = _bins_of(params.shape[-1])
-    bound, min_bin_width, min_bin_height, min_derivative = _check_bounds(
-        bins, bound, min_bin_width, min_bin_height, min_derivative
+    bins, bound, minima, min_derivative = _check_arguments(
+        x, params, bound, min_bin_width, min_bin_height, min_derivative
     )
-    if params.shape[:-1] != x.shape:
-        raise FlowkitValueError(
-            f"expected params of shape (*x.shape, 3K - 1) = {(*x.shape, params.shape[-1])}, "
-            f"got {tuple(params.shape)}"
-        )
-
-    # Bins lead: (3K - 1, *shape). Reductions over a short trailing dimension are slow on a CPU;
-    # over the leading one they run across the whole batch.
-    p = params.movedim(-1, 0).contiguous()
-    knots = _knots(p[: 2 * bins].unflatten(0, (2, bins)), bound, (min_bin_width, min_bin_height))
-    ones = torch.ones_like(p[:1])
-    derivatives = torch.cat([ones, min_derivative + F.softplus(p[2 * bins :]), ones], dim=0)
-    # One table (x knots, y knots, derivatives), (3, K + 1, *shape), so that a bin's two ends
-    # come out of two gathers.
-    table = torch.cat([knots, derivatives.unsqueeze(0)], dim=0)
-
+    table = _table(params, bins, bound, minima, min_derivative)
     inside = x.abs() <= bound
     # The spline is evaluated everywhere at a clamped input and discarded outside, so that neither
     # the values nor the gradients of the unused branch can be NaN.
@@ -128,18 +106,7 @@ def rational_quadratic_spline(
     curvature = near + far - 2 * s
 
     if inverse:
-        # a xi^2 + b xi + c = 0. With q = -(b + sign(b) sqrt(b^2 - 4ac)) / 2 the roots are q / a
-        # and c / q; the one in [0, 1] is c / q when b >= 0, q / a when b < 0 (a > 0 then, as
-        # a + b = h s > 0).
-        a = h * (s - near) + dist * curvature
-        b = h * near - dist * curvature
-        c = -s * dist
-        sqrt_disc = (b.square() - 4 * a * c).clamp(min=0).sqrt()
-        positive = b >= 0
-        q = -0.5 * (b + torch.where(positive, sqrt_disc, -sqrt_disc))
-        q_safe = torch.where(positive, q, -torch.ones_like(q))
-        a_safe = torch.where(positive, torch.ones_like(a), a)
-        xi = torch.where(positive, c / q_safe, q / a_safe).clamp(0, 1)
+        xi = _inverse_fraction(h, s, near, curvature, dist)
         shift = xi * w
         out = torch.where(upper, x_k1 - shift, x_k + shift)
     else:
@@ -153,10 +120,55 @@ def rational_quadratic_spline(
     ladj = 2 * torch.log(s) + torch.log(numerator) - 2 * torch.log(s + curvature * t)
     if inverse:
         ladj = -ladj
+    return torch.where(inside, out, x), torch.where(inside, ladj, torch.zeros_like(x))
 
-    y = torch.where(inside, out, x)
-    ladj = torch.where(inside, ladj, torch.zeros_like(x))
-    return y, ladj
+
+def _check_arguments(x, params, bound, min_bin_width, min_bin_height, min_derivative):
+    """The bin count and the checked bounds of :func:`rational_quadratic_spline`'s arguments."""
+    for name, tensor in (("x", x), ("params", params)):
+        if not isinstance(tensor, Tensor) or not tensor.dtype.is_floating_point:
+            got = f"dtype {tensor.dtype}" if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise FlowkitTypeError(f"expected {name} to be a floating tensor, got {got}")
+    if params.dim() == 0:
+        raise FlowkitValueError("expected params of shape (*x.shape, 3K - 1), got a scalar")
+    bins = _bins_of(params.shape[-1])
+    bound, min_bin_width, min_bin_height, min_derivative = _check_bounds(
+        bins, bound, min_bin_width, min_bin_height, min_derivative
+    )
+    if params.shape[:-1] != x.shape:
+        raise FlowkitValueError(
+            f"expected params of shape (*x.shape, 3K - 1) = {(*x.shape, params.shape[-1])}, "
+            f"got {tuple(params.shape)}"
+        )
+    return bins, bound, (min_bin_width, min_bin_height), min_derivative
+
+
+def _table(params: Tensor, bins: int, bound: float, minima: tuple[float, float], min_derivative: float) -> Tensor:
+    """One table of the x knots, y knots and derivatives, ``(3, K + 1, *shape)``, so that a bin's
+    two ends come out of two gathers."""
+    # Bins lead: (3K - 1, *shape). Reductions over a short trailing dimension are slow on a CPU;
+    # over the leading one they run across the whole batch.
+    p = params.movedim(-1, 0).contiguous()
+    knots = _knots(p[: 2 * bins].unflatten(0, (2, bins)), bound, minima)
+    ones = torch.ones_like(p[:1])
+    derivatives = torch.cat([ones, min_derivative + F.softplus(p[2 * bins :]), ones], dim=0)
+    return torch.cat([knots, derivatives.unsqueeze(0)], dim=0)
+
+
+def _inverse_fraction(h: Tensor, s: Tensor, near: Tensor, curvature: Tensor, dist: Tensor) -> Tensor:
+    """The fraction of the bin, from its nearer end, that the inverse maps ``dist`` back to: the root
+    in [0, 1] of a xi^2 + b xi + c = 0."""
+    a = h * (s - near) + dist * curvature
+    b = h * near - dist * curvature
+    c = -s * dist
+    # With q = -(b + sign(b) sqrt(b^2 - 4ac)) / 2 the roots are q / a and c / q; the one in [0, 1]
+    # is c / q when b >= 0, q / a when b < 0 (a > 0 then, as a + b = h s > 0).
+    sqrt_disc = (b.square() - 4 * a * c).clamp(min=0).sqrt()
+    positive = b >= 0
+    q = -0.5 * (b + torch.where(positive, sqrt_disc, -sqrt_disc))
+    q_safe = torch.where(positive, q, -torch.ones_like(q))
+    a_safe = torch.where(positive, torch.ones_like(a), a)
+    return torch.where(positive, c / q_safe, q / a_safe).clamp(0, 1)
 
 
 class RationalQuadraticSpline(Transformer):
