@@ -311,7 +311,7 @@ class AutoregressiveDensity(nn.Module):
             known = flat_observed[rows]
             if bool(known.all()):
                 continue
-            noise = self.head.noise((len(rows), D), generator, self._dtype, flat_x.device)
+            noise = self.head.noise((len(rows), D), generator=generator, dtype=self._dtype, device=flat_x.device)
 
             def draw(d: int, params: Tensor, current: Tensor) -> Tensor:
                 return torch.where(known[:, d], current, self.head.draw(params, noise[:, d], d))

@@ -498,7 +498,7 @@ class AutoregressiveFlowBuilder:
             if i > 0 and self.permutation == "reverse":
                 layers.append(ReversePermutation(features))
             elif i > 0 and self.permutation == "random":
-                layers.append(RandomPermutation(features, None if seed is None else seed + 1000 + i))
+                layers.append(RandomPermutation(features, seed=None if seed is None else seed + 1000 + i))
             if i > 0 and self.linear == "lu":
                 layers.append(LULinear(features))
             layer = MaskedAutoregressive(

@@ -69,7 +69,7 @@ class Head(nn.Module):
         """Log-probabilities per feature: ``params: (*batch, D, P)``, ``x: (*batch, D)`` to ``(*batch, D)``."""
         raise NotImplementedError
 
-    def noise(self, shape: torch.Size, generator: torch.Generator | None = None,
+    def noise(self, shape: torch.Size, *, generator: torch.Generator | None = None,
               dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
         """The standard noise that :meth:`draw` turns into values, ``(*shape, noise_size)``."""
         raise NotImplementedError
@@ -82,9 +82,10 @@ class Head(nn.Module):
         network (the reference loop or the incremental engine)."""
         raise NotImplementedError
 
-    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, params: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """One draw per row of ``params: (*batch, P)``, shape ``(*batch,)``."""
-        return self.draw(params, self.noise(params.shape[:-1], generator, params.dtype, params.device))
+        noise = self.noise(params.shape[:-1], generator=generator, dtype=params.dtype, device=params.device)
+        return self.draw(params, noise)
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
@@ -129,7 +130,7 @@ class Bernoulli(Head):
 
     noise_size = 1
 
-    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def noise(self, shape, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
         # Logistic noise: x = 1[logit > noise] has P(x = 1) = sigmoid(logit).
         u = torch.rand(*shape, 1, generator=generator, dtype=dtype, device=device)
         u = u.clamp(min=torch.finfo(dtype).tiny)
@@ -225,7 +226,7 @@ class Categorical(Head):
         logp = torch.log_softmax(self._masked(params), dim=-1)
         return logp.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
 
-    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def noise(self, shape, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
         noise = gumbel((*shape, self.categories), generator, dtype, device)
         if self.counts is not None:  # shape ends with the features: a category past K_d is never drawn
             if not shape or shape[-1] != len(self.counts):
@@ -291,7 +292,7 @@ class GaussianMixture(Head):
         log_normal = -0.5 * z.pow(2) - torch.log(scales) - 0.5 * math.log(2 * math.pi)
         return torch.logsumexp(log_weights + log_normal, dim=-1)
 
-    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def noise(self, shape, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
         # Gumbel noise to pick a component, then a standard normal draw within it.
         normal = torch.randn(*shape, 1, generator=generator, dtype=dtype, device=device)
         return torch.cat([gumbel((*shape, self.components), generator, dtype, device), normal], -1)
@@ -435,11 +436,12 @@ class Mixed(Head):
                  for head, index in zip(self.groups, self.indices)]
         return torch.cat(parts, -1).index_select(-1, self._inverse)
 
-    def noise(self, shape, generator=None, dtype=torch.float32, device=None) -> Tensor:
+    def noise(self, shape, *, generator=None, dtype=torch.float32, device=None) -> Tensor:
         if not shape or shape[-1] != self.features:
             raise FlowkitValueError(f"expected noise for all {self.features} features, got shape {tuple(shape)}")
-        parts = [self._pad(head.noise((*shape[:-1], len(index)), generator, dtype, device), self.noise_size)
+        parts = [head.noise((*shape[:-1], len(index)), generator=generator, dtype=dtype, device=device)
                  for head, index in zip(self.groups, self.indices)]
+        parts = [self._pad(part, self.noise_size) for part in parts]
         return torch.cat(parts, -2).index_select(-2, self._inverse.to(parts[0].device))
 
     def draw(self, params: Tensor, noise: Tensor, feature: int | None = None) -> Tensor:

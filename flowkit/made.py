@@ -53,15 +53,15 @@ class MaskedLinear(nn.Linear):
         torch.Size([5, 2])
     """
 
-    def __init__(self, masks: Tensor, bias: bool = True, generator: torch.Generator | None = None,
+    def __init__(self, masks: Tensor, bias: bool = True, *, generator: torch.Generator | None = None,
                  gain: float = 1.0):
         masks = masks if masks.dim() == 3 else masks[None]
         super().__init__(masks.shape[2], masks.shape[1], bias=bias)
         self.register_buffer("masks", masks.bool())
         self._derived = Derived()
-        self.reset_parameters_masked(generator, gain)
+        self.reset_parameters_masked(generator, gain=gain)
 
-    def reset_parameters_masked(self, generator: torch.Generator | None = None, gain: float = 1.0) -> None:
+    def reset_parameters_masked(self, generator: torch.Generator | None = None, *, gain: float = 1.0) -> None:
         r"""Draws the weights and biases uniformly on :math:`\pm \text{gain} / \sqrt{\text{fan-in}}`,
         with the fan-in each unit actually has under the first mask (at least 1)."""
         fan_in = self.masks[0].sum(dim=1, keepdim=True).clamp(min=1.0)
@@ -269,10 +269,10 @@ class MADE(nn.Module):
 
     def _draw_mask_sets(self, order: M.OrderSpec, num_masks: int, generator: torch.Generator) -> tuple:
         """The orderings, masks and direct masks of every mask set, drawn from ``generator``."""
-        first = M.ordering(self.features, order, generator)
+        first = M.ordering(self.features, order, generator=generator)
         orders, mask_sets, directs = [], [], []
         for r in range(num_masks):
-            o = M.ordering(self.features, "random", generator) if (self.order_agnostic and r > 0) else first
+            o = M.ordering(self.features, "random", generator=generator) if (self.order_agnostic and r > 0) else first
             masks, direct_mask = M.made_masks(
                 o, self.hidden_features, num_params=self.num_params, columns_per_feature=self.columns_per_feature,
                 context_features=self.context_features, rule=self.degree_rule, generator=generator,
@@ -405,7 +405,7 @@ class MADE(nn.Module):
         them, and the direct mask of ``key`` (see :meth:`draw_masks`), without installing them."""
         generator = M.key_generator(int(self.mask_seed), key)
         if self.order_agnostic:
-            order = M.ordering(self.features, "random", generator)
+            order = M.ordering(self.features, "random", generator=generator)
         else:
             order = self.orders[self._index].cpu()
         masks, direct = M.made_masks(

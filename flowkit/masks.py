@@ -51,7 +51,7 @@ RULES = ("random", "even")
 
 
 def ordering(
-    features: int, order: OrderSpec = "natural", generator: torch.Generator | None = None
+    features: int, order: OrderSpec = "natural", *, generator: torch.Generator | None = None
 ) -> LongTensor:
     r"""Returns an ordering of ``features`` dimensions as a permutation of ``0..features-1``.
 
@@ -98,6 +98,7 @@ def hidden_degrees(
     features: int,
     lowest: int,
     rule: DegreeRule = "random",
+    *,
     generator: torch.Generator | None = None,
 ) -> LongTensor:
     r"""Degrees of one hidden layer of ``width`` units.
@@ -206,7 +207,7 @@ def made_masks(
     inputs = below
     masks = []
     for width in hidden_features:
-        layer = hidden_degrees(width, features, int(below.min()), rule, generator)
+        layer = hidden_degrees(width, features, int(below.min()), rule, generator=generator)
         if context_features:
             layer[0] = 0  # a unit that sees only the context carries it to the first output
         masks.append(hidden_mask(layer, below))

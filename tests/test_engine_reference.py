@@ -63,7 +63,7 @@ def test_discrete_and_mog_sampling_match_the_reference(kind, seed):
             p.mul_(3)
     context = context_for(options, 6, seed)
     for r in range(model.made.num_masks):
-        noise = model.head.noise((6, D), torch.Generator().manual_seed(seed), torch.float64)
+        noise = model.head.noise((6, D), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         start = model._zeros(torch.Size([6]))
         step = lambda d, params, current: model.head.draw(params, noise[:, d])  # noqa: E731
         with torch.no_grad():
@@ -84,7 +84,7 @@ def test_completion_matches_the_reference(seed):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randint(4, (5, D), generator=generator)
     observed = torch.rand(5, D, generator=generator) < 0.5
-    noise = model.head.noise((5, D), generator, torch.float64)
+    noise = model.head.noise((5, D), generator=generator, dtype=torch.float64)
     unobserved = [d for d in range(D) if not observed[:, d].all()]
 
     def step(d, params, current):
@@ -140,7 +140,7 @@ def test_with_gradients_the_loop_is_differentiable():
 
 def test_plan_is_rebuilt_when_weights_change():
     model = flowkit.BernoulliMADE(6, [16], seed=0).double().eval()
-    noise = model.head.noise((4, 6), torch.Generator().manual_seed(0), torch.float64)
+    noise = model.head.noise((4, 6), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     step = lambda d, params, current: model.head.draw(params, noise[:, d])  # noqa: E731
     start = torch.zeros(4, 6, dtype=torch.float64)
     with torch.no_grad():

@@ -27,7 +27,7 @@ def loud(module: nn.Module, seed: int = 0, gain: float = 1.5) -> nn.Module:
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, MaskedLinear):
-                m.reset_parameters_masked(generator, gain)
+                m.reset_parameters_masked(generator, gain=gain)
                 if m.bias is not None:
                     m.bias.uniform_(-1.0, 1.0, generator=generator)
     return module
@@ -130,7 +130,7 @@ def test_engine_samples_draw_for_draw_like_the_plain_loop(name):
     C = model.made.context_features
     context = torch.randn(7, C, generator=torch.Generator().manual_seed(5), dtype=torch.float64) if C else None
     for r in range(model.made.num_masks):
-        noise = model.head.noise((7, model.features), torch.Generator().manual_seed(r), torch.float64)
+        noise = model.head.noise((7, model.features), generator=torch.Generator().manual_seed(r), dtype=torch.float64)
         start = model._zeros(torch.Size([7]))
         step = lambda d, params, current: model.head.draw(params, noise[:, d])  # noqa: E731
         with torch.no_grad():
@@ -218,7 +218,7 @@ class TestDropout:
     @pytest.mark.parametrize("blocks", [0, 2])
     def test_engine_evaluates_without_dropout(self, blocks):
         model = loud(flowkit.BernoulliMADE(6, 24, residual_blocks=blocks, dropout=0.5, seed=0).double())
-        noise = model.head.noise((10, 6), torch.Generator().manual_seed(0), torch.float64)
+        noise = model.head.noise((10, 6), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         step = lambda d, params, current: model.head.draw(params, noise[:, d])  # noqa: E731
         start = model._zeros(torch.Size([10]))
         with torch.no_grad():

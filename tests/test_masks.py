@@ -47,7 +47,7 @@ def random_config(seed: int) -> dict:
 
 def build(config: dict, seed: int):
     generator = seeded(seed)
-    order = M.ordering(config["features"], config["order"], generator)
+    order = M.ordering(config["features"], config["order"], generator=generator)
     masks, direct = M.made_masks(
         order,
         config["hidden"],
@@ -68,14 +68,14 @@ class TestOrdering:
 
     @pytest.mark.parametrize("features", [1, 2, 7, 20])
     def test_random_is_a_seeded_permutation(self, features):
-        first = M.ordering(features, "random", seeded(3))
-        again = M.ordering(features, "random", seeded(3))
+        first = M.ordering(features, "random", generator=seeded(3))
+        again = M.ordering(features, "random", generator=seeded(3))
         assert first.dtype == torch.long
         assert torch.equal(first, again)
         assert sorted(first.tolist()) == list(range(features))
 
     def test_random_depends_on_the_seed(self):
-        orders = {tuple(M.ordering(10, "random", seeded(s)).tolist()) for s in range(5)}
+        orders = {tuple(M.ordering(10, "random", generator=seeded(s)).tolist()) for s in range(5)}
         assert len(orders) > 1
 
     @pytest.mark.parametrize(
@@ -121,27 +121,27 @@ class TestDegrees:
     @pytest.mark.parametrize("seed", range(4))
     @pytest.mark.parametrize("features", [1, 2, 5, 9])
     def test_input_degrees_invert_the_ordering(self, features, seed):
-        order = M.ordering(features, "random", seeded(seed))
+        order = M.ordering(features, "random", generator=seeded(seed))
         degrees = M.input_degrees(order)
         assert [degrees[order[k]].item() for k in range(features)] == list(range(1, features + 1))
         assert torch.equal(degrees.argsort(), order)
 
     @pytest.mark.parametrize("features, lowest", [(2, 1), (5, 1), (5, 0), (8, 3), (8, 0)])
     def test_random_degrees_lie_in_range(self, features, lowest):
-        degrees = M.hidden_degrees(500, features, lowest, "random", seeded(0))
+        degrees = M.hidden_degrees(500, features, lowest, "random", generator=seeded(0))
         assert degrees.dtype == torch.long
         assert degrees.min() >= lowest and degrees.max() <= features - 1
         assert set(degrees.tolist()) == set(range(lowest, features))
 
     def test_random_degrees_are_seeded(self):
-        first = M.hidden_degrees(50, 6, 1, "random", seeded(4))
-        assert torch.equal(first, M.hidden_degrees(50, 6, 1, "random", seeded(4)))
-        assert not torch.equal(first, M.hidden_degrees(50, 6, 1, "random", seeded(5)))
+        first = M.hidden_degrees(50, 6, 1, "random", generator=seeded(4))
+        assert torch.equal(first, M.hidden_degrees(50, 6, 1, "random", generator=seeded(4)))
+        assert not torch.equal(first, M.hidden_degrees(50, 6, 1, "random", generator=seeded(5)))
 
     @pytest.mark.parametrize("rule", ["random", "even"])
     @pytest.mark.parametrize("lowest", [0, 1])
     def test_single_feature_degrees(self, rule, lowest):
-        degrees = M.hidden_degrees(7, 1, lowest, rule, seeded(0))
+        degrees = M.hidden_degrees(7, 1, lowest, rule, generator=seeded(0))
         assert degrees.tolist() == [lowest] * 7
 
     @pytest.mark.parametrize(
@@ -155,8 +155,8 @@ class TestDegrees:
         assert counts.max() - counts.min() <= 1
 
     def test_even_degrees_are_deterministic(self):
-        first = M.hidden_degrees(11, 6, 1, "even", seeded(0))
-        assert torch.equal(first, M.hidden_degrees(11, 6, 1, "even", seeded(1)))
+        first = M.hidden_degrees(11, 6, 1, "even", generator=seeded(0))
+        assert torch.equal(first, M.hidden_degrees(11, 6, 1, "even", generator=seeded(1)))
         assert torch.equal(first, M.hidden_degrees(11, 6, 1, "even"))
 
     @pytest.mark.parametrize("width, features, lowest", [(2, 6, 1), (3, 9, 0)])
@@ -211,7 +211,7 @@ class TestMadeMasks:
 
     @pytest.mark.parametrize("seed", range(6))
     def test_context_columns_feed_every_first_layer_unit(self, seed):
-        order = M.ordering(5, "random", seeded(seed))
+        order = M.ordering(5, "random", generator=seeded(seed))
         masks, _ = M.made_masks(order, [40, 7], context_features=3, generator=seeded(seed))
         assert masks[0][:, -3:].all()
 
@@ -266,7 +266,7 @@ class TestConnectivity:
 
     @pytest.mark.parametrize("seed", range(5))
     def test_width_one_random_layer_loses_dependencies(self, seed):
-        order = M.ordering(5, "random", seeded(seed))
+        order = M.ordering(5, "random", generator=seeded(seed))
         masks, _ = M.made_masks(order, [1], generator=seeded(seed))
         has, may = M.connectivity(masks, 5), M.allowed_connectivity(order)
         assert not (has & ~may).any()
@@ -283,7 +283,7 @@ class TestAllowedConnectivity:
     @pytest.mark.parametrize("features", [1, 2, 5, 8])
     @pytest.mark.parametrize("seed", range(3))
     def test_strictly_lower_triangular_up_to_permutation(self, features, seed):
-        order = M.ordering(features, "random", seeded(seed))
+        order = M.ordering(features, "random", generator=seeded(seed))
         allowed = M.allowed_connectivity(order)
         assert allowed.dtype == torch.bool
         assert int(allowed.sum()) == features * (features - 1) // 2

@@ -91,7 +91,7 @@ def mixed_model():
 def test_the_incremental_engine_draws_what_the_plain_loop_draws():
     model = mixed_model()
     context = torch.randn(64, 3, dtype=torch.float64)
-    noise = model.head.noise((64, 5), torch.Generator().manual_seed(1), torch.float64)
+    noise = model.head.noise((64, 5), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def step(d, params, current):
         return model.head.draw(params, noise[:, d], d)

@@ -1057,13 +1057,13 @@ def build_transform(config: dict) -> T.Transform:
     elif kind == "reverse":
         transform = T.ReversePermutation(D)
     elif kind == "random":
-        transform = T.RandomPermutation(D, seed)
+        transform = T.RandomPermutation(D, seed=seed)
     elif kind == "autoregressive":
         transform = autoregressive()
     elif kind == "inverse_autoregressive":
         transform = T.Inverse(autoregressive())
     else:
-        transform = T.Composite([autoregressive(), T.BatchNorm(D), T.RandomPermutation(D, seed), T.LULinear(D),
+        transform = T.Composite([autoregressive(), T.BatchNorm(D), T.RandomPermutation(D, seed=seed), T.LULinear(D),
                                  T.Inverse(autoregressive(1))])
     if config["perturb"]:  # away from the identity initialisation, to exercise the arithmetic
         g = torch.Generator().manual_seed(seed + 1)

@@ -49,7 +49,7 @@ def load_digits() -> tuple[Tensor, Tensor]:
 
 def binarize(
     pixels: Tensor, levels: int = 16, method: Literal["stochastic", "threshold"] = "stochastic",
-    seed: int = BINARIZE_SEED,
+    *, seed: int = BINARIZE_SEED,
 ) -> Tensor:
     r"""Binary images from intensities ``0..levels``.
 

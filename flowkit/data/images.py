@@ -15,7 +15,7 @@ from flowkit.validation import check_float, check_int
 __all__ = ["dequantize", "logit_transform", "bits_per_dim"]
 
 
-def dequantize(x: Tensor, levels: int = 256, generator: torch.Generator | None = None) -> Tensor:
+def dequantize(x: Tensor, levels: int = 256, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Uniform dequantisation of intensities :math:`k / \text{levels}`:
     :math:`y = (k + u) / \text{levels}`, :math:`u \sim U[0, 1)`, in :math:`[0, 1)`.
 

@@ -98,7 +98,7 @@ def load_mnist() -> Splits:
     return _read_splits(path)
 
 
-def binarized_mnist(seed: int = 0) -> Splits:
+def binarized_mnist(*, seed: int = 0) -> Splits:
     r"""MNIST with each pixel drawn once as :math:`\mathrm{Bernoulli}(\text{intensity})`, float32 0/1.
 
     One :class:`torch.Generator` seeded with ``seed`` draws train, then valid, then test. This is

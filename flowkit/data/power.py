@@ -57,7 +57,7 @@ def read_power_csv(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     return values, minutes
 
 
-def preprocess_power(values: np.ndarray, minutes: np.ndarray, seed: int = 0) -> tuple[Splits, dict[str, int]]:
+def preprocess_power(values: np.ndarray, minutes: np.ndarray, *, seed: int = 0) -> tuple[Splits, dict[str, int]]:
     """The MAF preprocessing of the raw table, and the number of rows after each step.
 
     1. Drop the rows that were missing: each row equal, in all seven measurements, to the row
@@ -108,7 +108,7 @@ def preprocess_power(values: np.ndarray, minutes: np.ndarray, seed: int = 0) -> 
     return splits, counts
 
 
-def load_power(seed: int = 0) -> Splits:
+def load_power(*, seed: int = 0) -> Splits:
     """POWER after :func:`preprocess_power`: float32 splits of ``D = 6`` features, :data:`FEATURES`.
 
     With the real file: 2,049,258 rows kept (the MAF paper reports 2,049,280: it dropped the 25,979

@@ -13,7 +13,7 @@ from flowkit.validation import check_float, check_int
 __all__ = ["TOY", "checkerboard", "eight_gaussians", "pinwheel", "rings", "two_moons", "two_spirals"]
 
 
-def two_moons(n: int, noise: float = 0.05, seed: int = 0) -> Tensor:
+def two_moons(n: int, noise: float = 0.05, *, seed: int = 0) -> Tensor:
     r"""``n`` points of two interleaved half circles with Gaussian noise, standardised roughly to
     unit scale: the upper moon :math:`(\cos t, \sin t)`, the lower :math:`(1 - \cos t, 0.5 - \sin t)`,
     :math:`t \sim U[0, \pi]`, then shifted by ``(-0.5, -0.25)`` and scaled by 2.
@@ -32,7 +32,7 @@ def two_moons(n: int, noise: float = 0.05, seed: int = 0) -> Tensor:
     return ((points - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 2).float()
 
 
-def eight_gaussians(n: int, seed: int = 0) -> Tensor:
+def eight_gaussians(n: int, *, seed: int = 0) -> Tensor:
     r"""``n`` points from an equal mixture of eight Gaussians with standard deviation 0.1, centred
     on the circle of radius 2 at angles :math:`k \pi / 4`, :math:`k = 0, \dots, 7`.
 
@@ -47,7 +47,7 @@ def eight_gaussians(n: int, seed: int = 0) -> Tensor:
     return (centres + 0.1 * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
 
 
-def checkerboard(n: int, seed: int = 0) -> Tensor:
+def checkerboard(n: int, *, seed: int = 0) -> Tensor:
     r"""``n`` points uniform on the dark squares of a 4 x 4 board covering :math:`[-2, 2]^2`: the unit
     cells :math:`[i, i + 1) \times [j, j + 1)` with :math:`i + j` even, :math:`i, j \in \{-2, \dots, 1\}`.
 
@@ -63,7 +63,7 @@ def checkerboard(n: int, seed: int = 0) -> Tensor:
     return (corner + torch.rand(n, 2, generator=generator, dtype=torch.float64)).float()
 
 
-def two_spirals(n: int, seed: int = 0) -> Tensor:
+def two_spirals(n: int, *, seed: int = 0) -> Tensor:
     r"""``n`` points on two interleaved Archimedean spirals :math:`r = \theta / \pi`,
     :math:`\theta = 3 \pi \sqrt{u}` (one and a half turns, out to radius 3), the second spiral the
     first rotated by :math:`\pi`, with Gaussian noise of standard deviation 0.1.
@@ -79,7 +79,7 @@ def two_spirals(n: int, seed: int = 0) -> Tensor:
     return (points + 0.1 * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
 
 
-def pinwheel(n: int, seed: int = 0) -> Tensor:
+def pinwheel(n: int, *, seed: int = 0) -> Tensor:
     r"""``n`` points on five curved arms: each point starts at :math:`(r, t)` with
     :math:`r \sim \mathcal{N}(1, 0.3^2)`, :math:`t \sim \mathcal{N}(0, 0.05^2)`, and is rotated by
     :math:`2 \pi k / 5 + 0.25\, e^{r}` for its arm :math:`k`, so arms bend more further out.
@@ -97,7 +97,7 @@ def pinwheel(n: int, seed: int = 0) -> Tensor:
     return torch.stack([cos * r - sin * t, sin * r + cos * t], -1).float()
 
 
-def rings(n: int, seed: int = 0) -> Tensor:
+def rings(n: int, *, seed: int = 0) -> Tensor:
     r"""``n`` points on four concentric circles of radii 0.5, 1, 1.5 and 2, each circle chosen with
     probability proportional to its radius (equal density along the curves), with radial Gaussian
     noise of standard deviation 0.03.

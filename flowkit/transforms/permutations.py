@@ -56,6 +56,6 @@ class ReversePermutation(Permutation):
 class RandomPermutation(Permutation):
     """A random permutation drawn once from ``seed`` (or torch's global generator)."""
 
-    def __init__(self, features: int, seed: int | None = None):
+    def __init__(self, features: int, *, seed: int | None = None):
         generator = None if seed is None else torch.Generator().manual_seed(check_int("seed", seed, least=None))
-        super().__init__(M.ordering(features, "random", generator))
+        super().__init__(M.ordering(features, "random", generator=generator))
