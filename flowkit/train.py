@@ -16,19 +16,26 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from flowkit import distributed
 from flowkit.atomic import atomic_path, load_torch, save_torch
 from flowkit.density import Density
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
-from flowkit.validation import check_float, check_int
+from flowkit.made import MADE
+from flowkit.transforms.normalization import set_population_statistics
+from flowkit.validation import check_float, check_int, check_option
 
 __all__ = ["History", "fit", "evaluate", "check_resume"]
 
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw")
 # settings added after checkpoints were first written, with the value older checkpoints were trained with
-LATER_SETTINGS = {"optimizer": "adam", "masks": "cycle"}
+LATER_SETTINGS = {"optimizer": "adam", "masks": "cycle", "precision": "fp32", "batch_norm": "running"}
 MASK_MODES = ("cycle", "fresh")
+BATCH_NORM_STATISTICS = ("running", "population")
+POPULATION_ROWS = 100_000  # the training rows batch norm's population statistics are measured on
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOG_FIELDS = ("epoch", "train_nll", "valid_nll", "lr", "seconds")
 
 
@@ -62,8 +69,8 @@ class History:
 
 def fit(
     model: Density,
-    train: Tensor,
-    valid: Tensor | None = None,
+    train: Tensor | tuple[Tensor, Tensor] | Dataset,
+    valid: Tensor | tuple[Tensor, Tensor] | Dataset | None = None,
     *,
     epochs: int = 100,
     batch_size: int = 100,
@@ -83,6 +90,8 @@ def fit(
     resume: bool = False,
     time_limit: float | None = None,
     compile: bool = False,
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+    batch_norm: Literal["running", "population"] = "running",
 ) -> History:
     r"""Fits a density by Adam or AdamW on the mean negative log-likelihood, with early stopping.
 
@@ -102,11 +111,47 @@ def fit(
     same folder, then :func:`os.replace`); with ``resume=True`` a run continues from it and ends
     with exactly the weights of an uninterrupted run with the same settings and data.
 
+    **Data.** ``train`` and ``valid`` are each a tensor ``x: (N, D)``, a pair of tensors
+    ``(x, context)`` with ``context: (N, C)``, or a map-style :class:`torch.utils.data.Dataset`
+    with ``len(data) = N`` whose item ``data[i]`` is row :math:`i`: a tensor of shape ``(D,)``, or
+    a pair ``(x_i, context_i)`` of shapes ``(D,)`` and ``(C,)`` (a one-element tuple ``(x_i,)``,
+    as a :class:`~torch.utils.data.TensorDataset` gives, counts as ``x_i``; numpy rows are taken
+    as tensors). A dataset may also define ``__getitems__(indices: list[int])`` to read a whole
+    minibatch at once; it returns the rows stacked, as a tensor ``(len(indices), D)`` or a tuple
+    ``(x, context)`` of stacked tensors, or else a ``list`` of items as above (torch's
+    convention, as :class:`~torch.utils.data.Subset` returns). Rows are read minibatch by
+    minibatch, in the order of :class:`flowkit.distributed.MinibatchSampler`, and moved to
+    ``device``; nothing is read ahead or held beyond one minibatch.
+
+    **Data-parallel training.** Under ``torchrun --nproc-per-node W`` (or when a process group
+    is already initialised) every rank runs this same call; ``batch_size`` is the global
+    minibatch :math:`B`, cut into ``W`` contiguous pieces of sizes differing by at most one (rank
+    :math:`r` takes piece :math:`r`), and the model is wrapped in
+    :class:`~torch.nn.parallel.DistributedDataParallel` with each rank's loss weighted so that
+    the averaged gradient is that of the mean over the whole global minibatch: the same steps as
+    one process with batch :math:`B`, whatever the sizes of the pieces (one may be empty). Every
+    rank draws the same order and the same mask sets or mask keys at every step. Training and
+    validation NLLs are sums reduced over the ranks, so that early stopping decides alike on
+    every rank; only rank 0 writes the checkpoint and the log and shows progress, and on resume
+    only rank 0 reads the checkpoint and sends it to the others, so a run may continue on any
+    number of processes. Batch norm layers normalise each rank's piece with its own statistics
+    (each piece needs two rows); their running averages are rank 0's, copied to every rank after
+    each epoch. See ``docs/distributed.md``.
+
+    **Mixed precision.** With ``precision="bf16"`` or ``"fp16"`` each training minibatch's
+    forward pass runs under :func:`torch.autocast`: matrix products in the lower precision, the
+    outputs of every MADE cast back to float32, so that the conditionals' log-probabilities, the
+    log-determinants and their sums are float32; ``"fp16"`` also scales the loss with a
+    :class:`torch.amp.GradScaler` (its state is checkpointed). Weights, optimiser state and
+    validation stay in the model's dtype.
+
     Arguments:
         model: a density with ``log_prob(x)``, such as :class:`flowkit.BernoulliMADE`.
         train: training data, ``(N, D)``; for a conditional density the pair ``(x, context)``
-            with ``context: (N, C)``, one context per row (each minibatch takes both).
-        valid: validation data, ``(M, D)`` (or ``(x, context)``), or ``None`` (no early stopping).
+            with ``context: (N, C)``, one context per row (each minibatch takes both); or a
+            dataset of rows (see **Data**).
+        valid: validation data, ``(M, D)`` (or ``(x, context)``, or a dataset), or ``None`` (no
+            early stopping).
         epochs, batch_size, lr: the optimisation settings.
         weight_decay: the weight decay :math:`\lambda`. With ``optimizer="adam"`` it is an L2
             penalty added to the gradient (``torch.optim.Adam``), which Adam's per-parameter
@@ -139,6 +184,15 @@ def fit(
             validation stays eager). The first step compiles (about a minute for a 5-layer MAF on
             one CPU thread); then a step of a small, overhead-bound flow runs about twice as fast
             on a CPU, while a large MADE, bound by its matrix products, gains nothing.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the precision of the training forward
+            passes (see **Mixed precision**).
+        batch_norm: the statistics the model's :class:`~flowkit.transforms.BatchNorm` layers use
+            outside training: ``"running"``, their running averages; ``"population"``, the exact
+            mean and variance of each layer's input over (up to 100,000 rows of) the training data,
+            set before every validation and kept with the best weights
+            (:func:`flowkit.transforms.set_population_statistics`; the MAF paper's protocol).
+            Running averages over minibatches can swing the validation NLL of a MAF on heavy-tailed
+            data by nats from one epoch to the next; population statistics do not.
 
     Returns:
         The :class:`History` of the run (of the whole run when resumed).
@@ -152,7 +206,7 @@ def fit(
     """
     settings = _settings(train, valid, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          optimizer=optimizer, patience=patience, ensemble=ensemble, masks=masks, seed=seed,
-                         lr_schedule=lr_schedule, clip=clip)
+                         lr_schedule=lr_schedule, clip=clip, precision=precision, batch_norm=batch_norm)
     if time_limit is not None and not time_limit > 0:
         raise FlowkitValueError(f"expected time_limit > 0 seconds, got {time_limit!r}")
     if resume and checkpoint is None:
@@ -163,50 +217,132 @@ def fit(
     if fresh and not hasattr(made, "draw_masks"):
         raise FlowkitValueError(f"masks='fresh' needs a density with a MADE (model.made), got {type(model).__name__}")
     log_format = None if log is None else _log_format(log)
-    state = _read_checkpoint(checkpoint, settings) if resume and Path(checkpoint).exists() else None
-    device = _device_of(model) if device is None else torch.device(device)
+    device = distributed.local_device(_device_of(model) if device is None else torch.device(device))
+    distributed.setup(device)
+    main = distributed.is_main()
+    state = _resume_state(checkpoint, settings, device) if resume else None
     model.to(device)
-    run = _Run.start(model, device, optimizer, lr, weight_decay, lr_schedule, epochs, patience, seed)
+    run = _Run.start(model, device, optimizer, lr, weight_decay, lr_schedule, epochs, patience, seed, precision)
     if state is not None:
         run.restore(state, checkpoint, math.ceil(settings["train_size"] / batch_size))
         run.log = state.get("log") or _rows_before(log, log_format, run.epoch)
-    if log is not None:
+    if log is not None and main:
         _write_log(log, log_format, run.log)  # the rows of the checkpoint's epochs, none past it
 
-    def minibatch_loss(x: Tensor, context: Tensor | None) -> Tensor:
-        return -model.log_prob(x, context).mean()
-
+    loss = _Loss(model, device, precision)
+    minibatch_loss = _parallel(loss, model, device)
     if compile:
         minibatch_loss = torch.compile(minibatch_loss)
     scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
-    train_pair = _pairs("train data", train)  # checked by _settings above; split once
+    train_rows = _rows("train data", train)  # checked by _settings above
     began_fit = time.perf_counter()
     epoch_range = range(run.epoch, run.epoch if run.stopped else epochs)
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
-    for epoch in epoch_range:
-        began = time.perf_counter()
-        train_nll = run.train_epoch(train_pair, batch_size, minibatch_loss, masks, clip)
-        score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
-        run.end_epoch(score, lr_schedule)
-        run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
-                            seconds=time.perf_counter() - began))
-        if checkpoint is not None:
-            save_torch(run.state(settings), checkpoint)
-        if log is not None:  # after the checkpoint, which holds the rows too: a resume rewrites them
-            _write_log(log, log_format, run.log)
-        if progress:
-            epoch_range.set_postfix(train=f"{train_nll:.3f}", **({} if score is None else {"valid": f"{score:.3f}"}))
-        if run.stopped or (time_limit is not None and time.perf_counter() - began_fit >= time_limit):
-            break
+    try:
+        for epoch in epoch_range:
+            began = time.perf_counter()
+            train_nll = run.train_epoch(train_rows, batch_size, minibatch_loss, masks, clip)
+            distributed.sync_buffers(model)
+            if batch_norm == "population":
+                _population_statistics(model, train_rows, seed, device)
+            score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
+            run.end_epoch(score, lr_schedule)
+            run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
+                                seconds=time.perf_counter() - began))
+            if checkpoint is not None and main:
+                save_torch(run.state(settings), checkpoint)
+            if log is not None and main:  # after the checkpoint, which holds the rows too: a resume rewrites them
+                _write_log(log, log_format, run.log)
+            if progress and main:
+                epoch_range.set_postfix(train=f"{train_nll:.3f}",
+                                        **({} if score is None else {"valid": f"{score:.3f}"}))
+            out_of_time = time_limit is not None and distributed.agree(
+                time.perf_counter() - began_fit >= time_limit, device)
+            if run.stopped or out_of_time:
+                break
+    finally:
+        loss.remove_hooks()
     if valid is not None:
         model.load_state_dict(run.best_state)
     if fresh:
         made.draw_masks(0)
     model.eval()
     return run.history
+
+
+class _Loss(nn.Module):
+    """The loss of one minibatch (of one rank's piece of it), as a module that
+    :class:`~torch.nn.parallel.DistributedDataParallel` can wrap.
+
+    ``forward(x, context)`` is minus the mean log-probability; ``forward(x, context, scale)`` is
+    minus ``scale`` times their sum (``scale = W / B`` for a piece of a global minibatch of ``B``
+    rows over ``W`` ranks). Under a lower ``precision`` the forward pass runs in
+    :func:`torch.autocast` and every MADE's output is cast back to float32.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str):
+        super().__init__()
+        self.model = model
+        self.device_type, self.dtype = device.type, PRECISIONS[precision]
+        self.hooks = [] if precision == "fp32" else [
+            module.register_forward_hook(_float32_output) for module in model.modules() if isinstance(module, MADE)]
+
+    def forward(self, x: Tensor, context: Tensor | None, scale: float | None = None) -> Tensor:
+        if scale is not None and len(x) == 0:  # an empty piece still takes part in the gradient average
+            return sum((parameter * 0).sum() for parameter in self.model.parameters())
+        with (contextlib.nullcontext() if self.dtype == torch.float32
+              else torch.autocast(self.device_type, dtype=self.dtype)):
+            log_prob = self.model.log_prob(x, context)
+        if log_prob.dtype in (torch.bfloat16, torch.float16):
+            log_prob = log_prob.float()
+        return -log_prob.mean() if scale is None else -log_prob.sum() * scale
+
+    def remove_hooks(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def _float32_output(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    return output.float() if output.dtype in (torch.bfloat16, torch.float16) else output
+
+
+def _parallel(loss: _Loss, model: nn.Module, device: torch.device) -> nn.Module:
+    """``loss`` wrapped for data-parallel training when a process group is active, else itself.
+
+    The wrapper broadcasts rank 0's weights and buffers once (a model built with ``seed=None``
+    gets rank 0's masks everywhere); after that only gradients travel: masks, orderings and the mask
+    index change alike on every rank, and batch norm's running averages are sent after each epoch
+    (:func:`flowkit.distributed.sync_buffers`).
+    """
+    if not distributed.active():
+        return loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    # rank 0's buffers are sent once, at the start, not before every forward pass
+    options = inspect.signature(DistributedDataParallel).parameters
+    sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in options else {"broadcast_buffers": False}
+    wrapped = DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None, **sync)
+    for module in model.modules():
+        if isinstance(module, MADE):
+            module.use_mask(int(module.mask_index))  # the index rank 0 sent
+    return wrapped
+
+
+def _population_statistics(model: nn.Module, rows: _Rows, seed: int, device: torch.device) -> None:
+    """Sets the model's batch norm layers to the statistics of a fixed sample of the training rows
+    (the same on every rank and at every epoch)."""
+    pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:POPULATION_ROWS]
+    x, context = rows.batch(pick.sort().values, device)
+    set_population_statistics(model, x, context)
+
+
+def _resume_state(checkpoint: str | Path, settings: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint's state (``None`` when there is none yet), read on rank 0 and sent to every rank."""
+    return distributed.from_main(
+        lambda: _read_checkpoint(checkpoint, settings) if Path(checkpoint).exists() else None, device)
 
 
 @dataclass
@@ -224,14 +360,16 @@ class _Run:
     stopped: bool = False  # by early stopping
     step: int = 0  # the minibatches run, over the whole run (the mask keys of fresh masks)
     log: list[dict[str, Any]] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None  # with precision="fp16"
 
     @classmethod
     def start(cls, model: nn.Module, device: torch.device, optimizer: str, lr: float, weight_decay: float,
-              lr_schedule: str, epochs: int, patience: int, seed: int) -> _Run:
+              lr_schedule: str, epochs: int, patience: int, seed: int, precision: str = "fp32") -> _Run:
         kind = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
         optimizer = kind(model.parameters(), lr=lr, weight_decay=weight_decay)
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         return cls(model, device, optimizer, _scheduler(optimizer, lr_schedule, epochs, patience),
-                   torch.Generator().manual_seed(seed), copy.deepcopy(model.state_dict()))
+                   torch.Generator().manual_seed(seed), copy.deepcopy(model.state_dict()), scaler=scaler)
 
     def restore(self, state: dict[str, Any], path: str | Path, steps_per_epoch: int) -> None:
         """Continues from a checkpoint's ``state`` (read from ``path``)."""
@@ -246,6 +384,8 @@ class _Run:
         self.history = History.from_dict(state["history"])
         self.best_state, self.epoch, self.stopped = state["best_state"], state["epoch"], state["stopped"]
         self.step = state.get("step", self.epoch * steps_per_epoch)  # checkpoints before the field
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.history.stopped_early = self.stopped  # checkpoints written before History had the field
 
     def state(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -257,32 +397,50 @@ class _Run:
             "generator": self.generator.get_state(), "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "history": self.history.to_dict(), "best_state": self.best_state, "log": self.log,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
 
-    def train_epoch(self, train: tuple[Tensor, Tensor | None], batch_size: int, minibatch_loss, masks: str,
-                    clip: float | None) -> float:
-        """One pass over ``train = (x, context)`` in a fresh random order; returns the mean training NLL."""
-        train, context = train
+    def train_epoch(self, train: _Rows, batch_size: int, minibatch_loss, masks: str, clip: float | None) -> float:
+        """One pass over ``train`` in a fresh random order (this rank's pieces of it when distributed);
+        returns the mean training NLL over all of ``train``."""
         model, made = self.model, getattr(self.model, "made", None)
         model.train()
         self.history.lr.append(self.optimizer.param_groups[0]["lr"])
+        world = distributed.world_size() if distributed.active() else 1
         total = 0.0
-        for indices in _minibatches(torch.randperm(len(train), generator=self.generator), batch_size):
+        for indices, rows in distributed.MinibatchSampler(len(train), batch_size, self.generator).with_sizes():
             if masks == "fresh":
                 made.draw_masks(self.step)
             self.step += 1
-            batch_context = None if context is None else context[indices].to(self.device)
-            loss = minibatch_loss(train[indices].to(self.device), batch_context)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            self.optimizer.step()
-            total += float(loss.detach()) * len(indices)
+            x, context = train.batch(indices, self.device)
+            if world == 1:
+                loss = minibatch_loss(x, context)
+                total += float(loss.detach()) * len(indices)
+            else:
+                loss = minibatch_loss(x, context, world / rows)
+                total += float(loss.detach()) * rows / world
+            self._descend(loss, clip)
             if masks == "cycle" and made is not None and made.num_masks > 1:
                 made.next_mask()
+        total = distributed.all_sum([total], self.device)[0]
         self.history.train_nll.append(total / len(train))
         return self.history.train_nll[-1]
+
+    def _descend(self, loss: Tensor, clip: float | None) -> None:
+        """One optimiser step on ``loss`` (its gradients averaged over the ranks, when distributed)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def score_validation(self, valid: Tensor, batch_size: int, scoring: dict[str, Any], patience: int) -> float:
         """Scores ``valid``, keeps the best weights and decides early stopping; returns the NLL."""
@@ -307,17 +465,24 @@ class _Run:
 
 @torch.no_grad()
 def evaluate(
-    model: Density, data: Tensor, *, ensemble: int | None = None, keys: int | None = None,
-    batch_size: int = 1000,
+    model: Density, data: Tensor | tuple[Tensor, Tensor] | Dataset, *, ensemble: int | None = None,
+    keys: int | None = None, batch_size: int = 1000, across_ranks: bool = True,
 ) -> tuple[float, float]:
-    """Mean negative log-likelihood of ``data`` in nats and its standard error (NaN for one row).
+    r"""Mean negative log-likelihood of ``data`` in nats and its standard error (NaN for one row).
 
     ``data`` is ``x: (N, D)``, or a pair ``(x, context)`` with ``context: (N, C)`` for a
-    conditional density (the mean of minus log p(x_n | c_n)).
+    conditional density (the mean of minus log p(x_n | c_n)), or a dataset of rows as
+    :func:`fit` takes it.
 
     ``data`` is moved to the model's device chunk by chunk; ``ensemble`` (the first mask sets)
     and ``keys`` (the mask keys ``0..keys-1``, see :meth:`flowkit.MADE.draw_masks`) are passed
     on only when given, so densities without mask sets (a :class:`flowkit.Flow`) are scored too.
+
+    When a process group is active (see :mod:`flowkit.distributed`) and ``across_ranks``, every
+    rank scores a contiguous share of the rows and the sums :math:`\sum_n \ell_n`,
+    :math:`\sum_n \ell_n^2` and the count are reduced (in float64), so that every rank returns
+    the same mean and standard error of all of ``data``; every rank must then make the call.
+    ``across_ranks=False`` scores all of ``data`` here, on one rank alone if need be.
 
     Example:
         >>> model = flowkit.BernoulliMADE(3, [8], seed=0)
@@ -326,18 +491,29 @@ def evaluate(
         0.0
     """
     _check_density(model)
-    x, context = _pairs("data", data, least=1)
+    rows = _rows("data", data, least=1)
     batch_size = check_int("batch_size", batch_size, least=1)
+    shared = across_ranks and distributed.active()
+    share = range(len(rows))
+    if shared:
+        share = range(len(rows))[len(rows) * distributed.rank() // distributed.world_size():
+                                 len(rows) * (distributed.rank() + 1) // distributed.world_size()]
     was_training = model.training
     model.eval()
     device = _device_of(model)
     options = {name: value for name, value in (("ensemble", ensemble), ("keys", keys)) if value is not None}
-    contexts = [None] * math.ceil(len(x) / batch_size) if context is None else context.split(batch_size)
-    nll = torch.cat([-model.log_prob(chunk.to(device), None if c is None else c.to(device), **options).cpu()
-                     for chunk, c in zip(x.split(batch_size), contexts)])
+    nll = [-model.log_prob(*rows.batch(slice(start, min(start + batch_size, share.stop)), device), **options).cpu()
+           for start in range(share.start, share.stop, batch_size)]
     model.train(was_training)
-    stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
-    return float(nll.mean()), stderr
+    if not shared:
+        nll = torch.cat(nll)
+        stderr = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else math.nan
+        return float(nll.mean()), stderr
+    nll = torch.cat(nll).double() if nll else torch.zeros(0, dtype=torch.float64)
+    total, squares, count = distributed.all_sum([float(nll.sum()), float((nll**2).sum()), len(nll)], device)
+    mean = total / count
+    variance = max(squares - count * mean**2, 0.0) / (count - 1) if count > 1 else math.nan
+    return mean, math.sqrt(variance / count) if count > 1 else math.nan
 
 
 def _check_density(model: Any) -> None:
@@ -346,18 +522,7 @@ def _check_density(model: Any) -> None:
                                f"see flowkit.density.Density), got {type(model).__name__}")
 
 
-def _minibatches(order: Tensor, batch_size: int) -> tuple[Tensor, ...]:
-    """``order`` cut into minibatches of ``batch_size``; a last one of a single row joins the one
-    before it (batch norm cannot normalise one row).
-
-    Example:
-        >>> [len(b) for b in _minibatches(torch.arange(7), 3)], [len(b) for b in _minibatches(torch.arange(8), 3)]
-        ([3, 4], [3, 3, 2])
-    """
-    batches = order.split(batch_size)
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches = (*batches[:-2], torch.cat(batches[-2:]))
-    return batches
+_minibatches = distributed.minibatches
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -400,10 +565,94 @@ def _settings(train: Tensor, valid: Tensor | None, **options: Any) -> dict[str, 
         options["clip"] = check_float("clip", options["clip"], above=0)
     if options["lr_schedule"] == "plateau" and valid is None:
         raise FlowkitValueError("lr_schedule='plateau' needs validation data, got valid=None")
-    train_x, _ = _pairs("train data", train)
+    check_option("precision", options["precision"], tuple(PRECISIONS))
+    check_option("batch_norm", options["batch_norm"], BATCH_NORM_STATISTICS)
+    train_size = len(_rows("train data", train))
     if valid is not None:
-        _pairs("valid data", valid)
-    return {**options, "train_size": len(train_x)}
+        _rows("valid data", valid)
+    return {**options, "train_size": train_size}
+
+
+class _Rows:
+    """Data that :func:`fit` and :func:`evaluate` read by rows: a tensor, an ``(x, context)`` pair of
+    tensors or a map-style dataset of rows (see :func:`fit`)."""
+
+    def __init__(self, name: str, data: Any, least: int = 2):
+        self.name, self.dataset = name, data if isinstance(data, Dataset) else None
+        if self.dataset is None:
+            self.x, self.context = _pairs(name, data, least)
+            self.size = len(self.x)
+            return
+        self.size = _dataset_size(name, data)
+        x, context = self.batch([0])
+        if x.dim() < least:
+            raise FlowkitValueError(f"expected the rows of {name} to have at least {least - 1} dimension(s), "
+                                    f"got item 0 of shape {tuple(x.shape[1:])}")
+        self.conditional = context is not None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def batch(self, indices: Tensor | slice | list[int], device: torch.device | None = None
+              ) -> tuple[Tensor, Tensor | None]:
+        """Rows ``indices`` as ``(x, context)`` (``context`` ``None`` for unconditional data), on ``device``."""
+        if self.dataset is None:
+            x, context = self.x[indices], None if self.context is None else self.context[indices]
+        else:
+            x, context = self._read(indices)
+        if device is not None:
+            x, context = x.to(device), None if context is None else context.to(device)
+        return x, context
+
+    def _read(self, indices: Tensor | slice | list[int]) -> tuple[Tensor, Tensor | None]:
+        if isinstance(indices, slice):
+            indices = list(range(*indices.indices(self.size)))
+        elif isinstance(indices, Tensor):
+            indices = indices.tolist()
+        read = getattr(self.dataset, "__getitems__", None)
+        got = read(indices) if read is not None else [self.dataset[i] for i in indices]
+        x, context = _stack(self.name, got) if isinstance(got, list) else _item(self.name, got, "__getitems__")
+        for label, value in (("x", x), ("context", context)):
+            if value is not None and len(value) != len(indices):
+                raise FlowkitValueError(f"expected {len(indices)} rows of {self.name} {label} for {len(indices)} "
+                                        f"indices, got {len(value)}")
+        return x, context
+
+
+def _rows(name: str, data: Any, least: int = 2) -> _Rows:
+    return data if isinstance(data, _Rows) else _Rows(name, data, least)
+
+
+def _dataset_size(name: str, dataset: Dataset) -> int:
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise FlowkitTypeError(f"expected {name} to be a map-style dataset with a length, got "
+                               f"{type(dataset).__name__} without __len__") from None
+    if size < 1:
+        raise FlowkitValueError(f"expected {name} with at least one row, got an empty {type(dataset).__name__}")
+    return size
+
+
+def _item(name: str, item: Any, what: str = "an item") -> tuple[Tensor, Tensor | None]:
+    """A row, or stacked rows, as ``(x, context)``: a tensor, ``(x,)`` or ``(x, context)``."""
+    if isinstance(item, (tuple, list)) and len(item) in (1, 2):
+        x, context = item[0], item[1] if len(item) == 2 else None
+    else:
+        x, context = item, None
+    try:
+        return torch.as_tensor(x), None if context is None else torch.as_tensor(context)
+    except (TypeError, ValueError, RuntimeError):
+        raise FlowkitTypeError(f"expected {what} of {name} to be a row tensor or an (x, context) pair of tensors, "
+                               f"got {type(item).__name__}") from None
+
+
+def _stack(name: str, items: list[Any]) -> tuple[Tensor, Tensor | None]:
+    pairs = [_item(name, item) for item in items]
+    if any((context is None) != (pairs[0][1] is None) for _, context in pairs):
+        raise FlowkitValueError(f"expected every item of {name} to have a context or none to, got a mix")
+    x = torch.stack([x for x, _ in pairs])
+    return x, None if pairs[0][1] is None else torch.stack([context for _, context in pairs])
 
 
 def _pairs(name: str, data: Any, least: int = 2) -> tuple[Tensor, Tensor | None]:
@@ -455,7 +704,7 @@ def check_resume(checkpoint: str | Path, train: Tensor, valid: Tensor | None = N
 
 
 FIT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "patience", "ensemble", "masks", "seed",
-                "lr_schedule", "clip")
+                "lr_schedule", "clip", "precision")
 
 
 def _read_checkpoint(path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -408,3 +408,33 @@ def test_fit_and_evaluate_take_a_context_per_row(tmp_path):
         fit(conditional, (x[:500], context[:499]))
     with pytest.raises(flowkit.FlowkitTypeError, match="expected data context to be a torch.Tensor, got list"):
         evaluate(conditional, (x, [[0.0, 1.0]]))
+
+
+def heavy_tailed(n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=generator) / torch.rand(n, 1, generator=generator).clamp(min=0.05)
+
+
+@pytest.mark.parametrize("valid", [True, False])
+def test_population_batch_norm_statistics_are_those_of_the_training_data_with_the_best_weights(valid):
+    train, held_out = heavy_tailed(600, 0), heavy_tailed(200, 1)
+    torch.manual_seed(0)
+    flow = flowkit.MAF(3, 3, [16], batch_norm=True, seed=0)
+    history = fit(flow, train, held_out if valid else None, epochs=4, batch_size=50, batch_norm="population")
+    layers = [m for m in flow.modules() if isinstance(m, flowkit.transforms.BatchNorm)]
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+    assert flowkit.transforms.set_population_statistics(flow, train) == len(layers) == 2
+    for (mean, var), layer in zip(stats, layers):
+        assert torch.allclose(mean, layer.running_mean, atol=1e-5) and torch.allclose(var, layer.running_var, rtol=1e-4)
+    if valid:  # the best epoch's validation NLL is that of the restored model, population statistics and all
+        assert evaluate(flow, held_out)[0] == pytest.approx(history.best_valid_nll, rel=1e-5)
+
+
+def test_batch_norm_statistics_are_a_setting_checked_on_resume(tmp_path):
+    flow = flowkit.MAF(3, 2, [8], batch_norm=True, seed=0)
+    fit(flow, heavy_tailed(100, 0), epochs=1, batch_size=50, checkpoint=tmp_path / "run.pt")
+    with pytest.raises(flowkit.FlowkitValueError, match="batch_norm"):
+        fit(flow, heavy_tailed(100, 0), epochs=2, batch_size=50, checkpoint=tmp_path / "run.pt", resume=True,
+            batch_norm="population")
+    with pytest.raises(flowkit.FlowkitValueError, match=r"batch_norm.*'population'"):
+        fit(flow, heavy_tailed(100, 0), epochs=1, batch_norm="exact")

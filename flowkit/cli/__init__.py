@@ -87,5 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(without --overwrite)")
         print(f"flowkit: interrupted{how}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(text)
+    if text:  # ranks other than 0 of a distributed fit report nothing
+        print(text)
     return 0
