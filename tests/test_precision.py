@@ -92,3 +92,15 @@ def test_flowkit_fit_takes_precision_and_records_it(tmp_path, capsys):
     assert cli.main(["fit", "--data", "digits", "--hidden", "32", "--epochs", "2", "--out", str(out),
                      "--resume"]) == 2  # fp32 cannot continue a bf16 run exactly
     assert "precision 'bf16' -> 'fp32'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lower_precision_training_on_cuda_keeps_float32_log_probabilities_and_trains(precision):
+    train, valid, _ = digits()
+    torch.manual_seed(0)
+    model = flowkit.BernoulliMADE(64, [128], direct=True, seed=0)
+    history = fit(model, train, valid, epochs=3, batch_size=100, precision=precision, device="cuda")
+    assert next(model.parameters()).device.type == "cuda"
+    assert history.valid_nll[-1] < history.valid_nll[0]
+    assert next(model.parameters()).dtype == torch.float32 and model.log_prob(valid[:4].cuda()).dtype == torch.float32
