@@ -19,7 +19,8 @@ from pathlib import Path
 
 MODULES = [
     "flowkit", "flowkit.masks", "flowkit.made", "flowkit.heads", "flowkit.density", "flowkit.flows",
-    "flowkit.transforms", "flowkit.engine", "flowkit.train", "flowkit.vi", "flowkit.validation", "flowkit.errors",
+    "flowkit.bases", "flowkit.builders", "flowkit.transforms", "flowkit.engine", "flowkit.train", "flowkit.vi",
+    "flowkit.validation", "flowkit.errors",
     "flowkit.checks", "flowkit.derived", "flowkit.embedding", "flowkit.distributed",
     "flowkit.atomic", "flowkit.data", "flowkit.plot", "flowkit.interop.nflows",
 ]

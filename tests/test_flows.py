@@ -601,7 +601,7 @@ def test_the_factories_have_the_documented_signature_made_from_the_builder(facto
     for name in parameters:  # one docstring describes every option, shared by the builder and both factories
         for documented in (factory, AutoregressiveFlowBuilder):
             assert re.search(rf"\b{name}\b[^\n]*:", documented.__doc__), (documented, name)
-    assert inspect.isfunction(factory) and factory.__module__ == "flowkit.flows"
+    assert inspect.isfunction(factory) and factory.__module__ == "flowkit.builders"
 
 
 @pytest.mark.parametrize("inverse", [False, True])

@@ -64,15 +64,17 @@ class Affine(Transformer):
             raise FlowkitValueError(f"a scale softplus(u) + eps with eps = {self.eps} >= 1 cannot be 1: no identity")
         return torch.tensor([math.log(math.expm1(1.0 - self.eps)), 0.0], dtype=torch.float64)
 
-    def _scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
+    def scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The scale :math:`\sigma = \operatorname{softplus}(u) + \epsilon` and the shift :math:`t` of
+        parameters ``params: (*shape, 2)`` laid out as ``[u, t]``, each ``(*shape)``."""
         return F.softplus(params[..., 0]) + self.eps, params[..., 1]
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        scale, shift = self._scale_shift(params)
+        scale, shift = self.scale_shift(params)
         return x * scale + shift, torch.log(scale)
 
     def inverse(self, y: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        scale, shift = self._scale_shift(params)
+        scale, shift = self.scale_shift(params)
         return (y - shift) / scale, -torch.log(scale)
 
 
