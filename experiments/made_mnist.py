@@ -48,7 +48,7 @@ from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, curve, restore_best, unfinished  # noqa: E402
+from runs import advance, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 # (name, hidden widths, masks): Figure 2 first, then the two-layer rows
@@ -159,9 +159,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["| run | hidden | masks | published anchor (architecture) | test NLL, mask 0 | test NLL, ensemble "
-             "| best valid NLL | epochs (best) | train time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for name, r in results["runs"].items():
         anchor, where = ANCHORS.get(name, ("", ""))
         done = r.get("finished", True)
@@ -170,8 +168,10 @@ def table(results: dict) -> str:
                  f"{r['test_nll_ensemble']:.2f} ± {r['test_nll_ensemble_se']:.2f}" if "test_nll_ensemble" in r else "",
                  f"{r['best_valid_nll']:.2f}", f"{r['epochs']}" + (f" ({r['best_epoch']})" if done else " so far"),
                  f"{r['seconds'] / 60:.0f} min"]
-        lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+        rows.append(cells)
+    header = ["run", "hidden", "masks", "published anchor (architecture)", "test NLL, mask 0", "test NLL, ensemble",
+              "best valid NLL", "epochs (best)", "train time"]
+    text = markdown_table(header, rows) + "\n"
     c = results.get("categorical")
     if c:
         text += (f"\nCategorical MADE (1x500, direct) on MNIST quantised to {c['levels']} grey levels: test NLL "

@@ -47,7 +47,7 @@ from flowkit.data import load_power
 from flowkit.train import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, curve, restore_best, unfinished  # noqa: E402
+from runs import advance, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 PUBLISHED = {"MADE": -3.08, "MADE MoG": 0.40, "MAF(5)": 0.14, "MAF(10)": 0.24, "MAF MoG(5)": 0.30,
              "NSF(AR), RQ": 0.66}
@@ -127,14 +127,15 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
         results["runs"][name] = entry
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "maf_power.json", results)
-    lines = ["| model | published | ours, test (± s.e.) | best valid | epochs (best) | train time |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    rows = []
     for name, r in results["runs"].items():
         done = r.get("finished", True)
         test = f"{r['test_log_likelihood']:.3f} ± {r['se']:.3f}" if done else "still training"
         epochs = f"{r['epochs']} ({r['best_epoch']})" if done else f"{r['epochs']} so far"
-        lines.append(f"| {name} | {PUBLISHED[name]:.2f} | {test} | {-r['best_valid_nll']:.3f} | {epochs} | "
-                     f"{r['seconds'] / 60:.0f} min |")
+        rows.append([name, f"{PUBLISHED[name]:.2f}", test, f"{-r['best_valid_nll']:.3f}", epochs,
+                     f"{r['seconds'] / 60:.0f} min"])
+    lines = [markdown_table(["model", "published", "ours, test (± s.e.)", "best valid", "epochs (best)", "train time"],
+                            rows)]
     table = "\n".join(lines) + (f"\n\nLog-likelihoods in nats, higher is better; test set: {results['sizes'][2]:,} "
                                 f"points. Command: `{results['command']}` (resumable; one thread).\n")
     write_text(out / "maf_power.md", table)

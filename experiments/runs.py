@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,11 @@ def unfinished(folder: Path) -> dict[str, Any]:
     rows = curve(folder)
     return {"finished": False, "epochs": len(rows), "best_valid_nll": min(r["valid_nll"] for r in rows),
             "seconds": round(sum(r["seconds"] for r in rows))}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table: the ``header`` cells, then one line per row of cells (each written with
+    ``str``); the one helper behind every results table of ``experiments/``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
