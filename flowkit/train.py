@@ -236,11 +236,7 @@ def fit(
     scoring = dict(keys=ensemble or 1) if fresh else dict(ensemble=ensemble)
     train_rows = _rows("train data", train)  # checked by _settings above
     began_fit = time.perf_counter()
-    epoch_range = range(run.epoch, run.epoch if run.stopped else epochs)
-    if progress and main:
-        from tqdm.auto import tqdm
-
-        epoch_range = tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
+    epoch_range = _epoch_range(run, epochs, progress and main)
     try:
         for epoch in epoch_range:
             began = time.perf_counter()
@@ -250,18 +246,12 @@ def fit(
                 _population_statistics(model, train_rows, seed, device)
             score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
             run.end_epoch(score, lr_schedule)
-            run.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=run.history.lr[-1],
-                                seconds=time.perf_counter() - began))
-            if checkpoint is not None and main:
-                save_torch(run.state(settings), checkpoint)
-            if log is not None and main:  # after the checkpoint, which holds the rows too: a resume rewrites them
-                _write_log(log, log_format, run.log)
+            run.record(epoch, train_nll, score, time.perf_counter() - began, settings, checkpoint, (log, log_format))
             if progress and main:
                 epoch_range.set_postfix(train=f"{train_nll:.3f}",
                                         **({} if score is None else {"valid": f"{score:.3f}"}))
-            out_of_time = time_limit is not None and distributed.agree(
-                time.perf_counter() - began_fit >= time_limit, device)
-            if run.stopped or out_of_time:
+            if run.stopped or (time_limit is not None and distributed.agree(
+                    time.perf_counter() - began_fit >= time_limit, device)):
                 break
     finally:
         loss.remove_hooks()
@@ -329,6 +319,16 @@ def _parallel(loss: _Loss, model: nn.Module, device: torch.device) -> nn.Module:
         if isinstance(module, MADE):
             module.use_mask(int(module.mask_index))  # the index rank 0 sent
     return wrapped
+
+
+def _epoch_range(run: _Run, epochs: int, progress: bool):
+    """The epochs still to run, behind a progress bar when ``progress``."""
+    epoch_range = range(run.epoch, run.epoch if run.stopped else epochs)
+    if not progress:
+        return epoch_range
+    from tqdm.auto import tqdm
+
+    return tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
 
 
 def _population_statistics(model: nn.Module, rows: _Rows, seed: int, device: torch.device) -> None:
@@ -425,6 +425,19 @@ class _Run:
         total = distributed.all_sum([total], self.device)[0]
         self.history.train_nll.append(total / len(train))
         return self.history.train_nll[-1]
+
+    def record(self, epoch: int, train_nll: float, score: float | None, seconds: float, settings: dict[str, Any],
+               checkpoint: str | Path | None, log: tuple[str | Path | None, str | None]) -> None:
+        """Adds the epoch's row to the log and, on rank 0, writes the checkpoint, then the log file
+        ``log = (path, format)`` (after the checkpoint, which holds the rows too: a resume rewrites them)."""
+        self.log.append(dict(epoch=epoch + 1, train_nll=train_nll, valid_nll=score, lr=self.history.lr[-1],
+                             seconds=seconds))
+        if not distributed.is_main():
+            return
+        if checkpoint is not None:
+            save_torch(self.state(settings), checkpoint)
+        if log[0] is not None:
+            _write_log(log[0], log[1], self.log)
 
     def _descend(self, loss: Tensor, clip: float | None) -> None:
         """One optimiser step on ``loss`` (its gradients averaged over the ranks, when distributed)."""
@@ -704,7 +717,7 @@ def check_resume(checkpoint: str | Path, train: Tensor, valid: Tensor | None = N
 
 
 FIT_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "patience", "ensemble", "masks", "seed",
-                "lr_schedule", "clip", "precision")
+                "lr_schedule", "clip", "precision", "batch_norm")
 
 
 def _read_checkpoint(path: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
