@@ -15,15 +15,15 @@ import pickle
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flowkit.errors import FileProblem
 
-__all__ = ["atomic_path", "write_text", "write_json", "save_torch", "save_npy", "save_figure", "read_json",
-           "load_torch"]
+__all__ = ["atomic_path", "write_text", "write_json", "save_torch", "save_npy", "save_npy_chunks", "save_figure",
+           "read_json", "load_torch"]
 
 
 @contextmanager
@@ -88,6 +88,50 @@ def save_npy(path: str | Path, array) -> Path:
 
     with atomic_path(path) as partial, open(partial, "wb") as file:
         np.save(file, array)
+    return Path(path)
+
+
+def save_npy_chunks(path: str | Path, chunks: Iterable[Any], rows: int) -> Path:
+    """Writes the arrays ``chunks`` (each ``(n_i, *shape)``, one dtype, ``sum(n_i) = rows``) one after
+    another as the rows of one ``.npy`` file, atomically, holding one chunk in memory at a time.
+
+    The header comes first, then each chunk as it arrives; the file is the one ``numpy.save`` writes
+    for their concatenation. Chunks that disagree in dtype or shape, or do not add up to ``rows``,
+    raise :class:`flowkit.errors.FlowkitValueError` and leave nothing at ``path``.
+
+    Example:
+        >>> import numpy as np
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = Path(folder) / "x.npy"
+        ...     _ = save_npy_chunks(path, (np.full((k, 2), k, np.float32) for k in (2, 1)), rows=3)
+        ...     np.load(path).tolist()
+        [[2.0, 2.0], [2.0, 2.0], [1.0, 1.0]]
+    """
+    import numpy as np
+
+    from flowkit.errors import FlowkitValueError
+
+    with atomic_path(path) as partial, open(partial, "wb") as file:
+        first, written = None, 0
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk)
+            if first is None:
+                first = chunk
+                header = {"descr": np.lib.format.dtype_to_descr(chunk.dtype), "fortran_order": False,
+                          "shape": (rows, *chunk.shape[1:])}
+                try:
+                    np.lib.format.write_array_header_1_0(file, header)
+                except ValueError:  # a header too long for format 1.0
+                    np.lib.format.write_array_header_2_0(file, header)
+            elif chunk.dtype != first.dtype or chunk.shape[1:] != first.shape[1:]:
+                raise FlowkitValueError(f"expected chunks of {first.dtype} (n, {', '.join(map(str, first.shape[1:]))})"
+                                        f" for {path}, got {chunk.dtype} {chunk.shape}")
+            written += len(chunk)
+            if written > rows:
+                raise FlowkitValueError(f"expected {rows} rows for {path}, got more")
+            file.write(chunk.data if chunk.size else b"")
+        if first is None or written != rows:
+            raise FlowkitValueError(f"expected {rows} rows for {path}, got {written}")
     return Path(path)
 
 

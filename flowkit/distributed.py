@@ -152,15 +152,29 @@ class MinibatchSampler(Sampler[Tensor]):
         self.rank = _rank() if rank is None else rank
 
     def __len__(self) -> int:
-        return len(minibatches(torch.empty(self.size), self.batch_size))
+        return len(self._stops())
 
     def __iter__(self) -> Iterator[Tensor]:
         for piece, _ in self.with_sizes():
             yield piece
 
+    def _stops(self) -> list[int]:
+        """Where each global minibatch ends, as :func:`minibatches` cuts (a last single row joins the one before)."""
+        stops = [*range(self.batch_size, self.size, self.batch_size), self.size] if self.size else []
+        if len(stops) > 1 and stops[-1] - stops[-2] == 1:
+            del stops[-2]
+        return stops
+
     def with_sizes(self) -> Iterator[tuple[Tensor, int]]:
-        """The pieces of one epoch, each with the number of rows of its global minibatch."""
-        for batch in minibatches(torch.randperm(self.size, generator=self.generator), self.batch_size):
+        """The pieces of one epoch, each with the number of rows of its global minibatch. The order is
+        drawn as int32 below 2**31 rows (the same permutation as int64, half the memory) and sliced
+        one minibatch at a time."""
+        dtype = torch.int32 if self.size < 2**31 else torch.int64
+        order = torch.randperm(self.size, generator=self.generator, dtype=dtype)
+        start = 0
+        for stop in self._stops():
+            batch = order[start:stop]
+            start = stop
             yield (batch if self.world == 1 else batch.tensor_split(self.world)[self.rank]), len(batch)
 
 

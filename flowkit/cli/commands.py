@@ -8,17 +8,74 @@ name (as a test does) reaches every command.
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 import flowkit.cli
-from flowkit.atomic import save_npy
+from flowkit.atomic import save_npy, save_npy_chunks
 from flowkit.cli.errors import CommandError
 from flowkit.cli.registry import AUTOREGRESSIVE, DATA_SETS, FILE_SUFFIXES, english, fetchable, load_data
-from flowkit.cli.runs import RUN_FILES, _bits_per_dim, _complete, _read_config, _sample
+from flowkit.cli.runs import RUN_FILES, _bits_per_dim, _complete, _read_config
 
-__all__ = ["run_complete", "run_data", "run_eval", "run_sample"]
+__all__ = ["MEMMAP_BYTES", "SAMPLE_ROWS", "load_streaming", "memmap_threshold", "run_complete", "run_data",
+           "run_eval", "run_sample"]
+
+MEMMAP_BYTES = 128 << 20
+"""``.npy`` files of at least this many bytes are read from the file as they are needed
+(:class:`flowkit.data.memmap.MemmapDataset`) instead of loaded whole; ``$FLOWKIT_MEMMAP_BYTES`` overrides it."""
+SAMPLE_ROWS = 8192
+"""Samples drawn, and written, at a time by ``flowkit sample``."""
+
+
+def memmap_threshold() -> int:
+    """The size from which a ``.npy`` file is read as needed: ``$FLOWKIT_MEMMAP_BYTES`` or :data:`MEMMAP_BYTES`."""
+    value = os.environ.get("FLOWKIT_MEMMAP_BYTES")
+    if value is None:
+        return MEMMAP_BYTES
+    try:
+        return int(value)
+    except ValueError:
+        raise CommandError(f"expected FLOWKIT_MEMMAP_BYTES to be a number of bytes, got {value!r}") from None
+
+
+def load_streaming(name: str, model: str | None, *, memmap: bool | None = None, tensor_train: bool = False
+                   ) -> tuple[Any, dict[str, Any], str | None]:
+    """:func:`~flowkit.cli.registry.load_data`, except that a ``.npy`` file of at least
+    :func:`memmap_threshold` bytes (or any ``.npy`` file, with ``memmap=True``; none with ``False``)
+    is checked in one streaming pass and split into views read from the file as they are needed
+    (:func:`flowkit.data.memmap.split_memmap`, whose rows differ from the in-memory split's). Its
+    description then says ``split: "memmap"``, which a run's config keeps, so that ``eval``,
+    ``complete`` and ``--resume`` read the same rows.
+
+    With ``tensor_train`` (the fit of a ``bernoulli`` model, whose independent-Bernoulli baseline
+    needs the training rows as one tensor) binary files are loaded whole as before. For 2-D data
+    the test part is held in memory (the density figure draws it).
+    """
+    from flowkit.data.memmap import load_memmap, split_memmap
+
+    path = Path(name)
+    if memmap is None:
+        memmap = path.suffix.lower() == ".npy" and path.is_file() and path.stat().st_size >= memmap_threshold()
+    if name in DATA_SETS or not memmap or path.suffix.lower() != ".npy" or not path.is_file():
+        return load_data(name, model)
+    data, kind, message = load_memmap(path)
+    categories = None
+    if kind == "binary" and model == "categorical":
+        data, kind, categories = data.as_codes(), "categorical", 2
+    elif kind == "binary" and tensor_train:
+        return load_data(name, model)
+    elif kind == "categorical":
+        categories = int(data.statistics.maximum.max()) + 1
+    splits = split_memmap(data)
+    if data.features == 2:
+        splits = splits._replace(test=splits.test.tensor())
+    info = dict(kind=kind, categories=categories, image_shape=None, vmax=None, features=data.features, split="memmap")
+    return splits, info, f"{message}, read from the file as needed"
 
 
 def run_eval(args: argparse.Namespace) -> str:
@@ -33,7 +90,7 @@ def run_eval(args: argparse.Namespace) -> str:
             raise CommandError(f"--ensemble must be at least 1 (mask keys 0..R-1), got {args.ensemble}")
         if not config["fresh_masks"] and not 1 <= args.ensemble <= config["masks"]:
             raise CommandError(f"--ensemble must be in 1..{config['masks']} (the run's mask sets), got {args.ensemble}")
-    splits, _, _ = load_data(config["data"], config["model"])
+    splits, _, _ = load_streaming(config["data"], config["model"], memmap=config.get("split") == "memmap")
     data = getattr(splits, args.split)
     if config["fresh_masks"] and args.ensemble is not None:
         nll, se = evaluate(model, data, keys=args.ensemble)
@@ -69,8 +126,9 @@ def run_sample(args: argparse.Namespace) -> str:
     run = Path(args.run)
     model, config = flowkit.cli.load_run(args.run)
     out = _drawn_path(run, args.out, f"sample-{args.n}-seed{args.seed}.npy", "--out")
-    samples = _sample(model, args.n, args.seed, torch.device("cpu"))
-    save_npy(out, samples.numpy())
+    first: list[torch.Tensor] = []
+    save_npy_chunks(out, _draws(model, args.n, args.seed, first), args.n)
+    samples = first[0]  # the figure shows the first SAMPLE_ROWS samples at most
     written = [str(out)]
     figure = out.with_suffix(".png")
     if config.get("image_shape"):
@@ -81,6 +139,19 @@ def run_sample(args: argparse.Namespace) -> str:
         save_scatter(samples, figure, title=f"{config['model']} samples")
         written.append(str(figure))
     return f"wrote {args.n} samples of {config['features']} features to " + " and ".join(written)
+
+
+def _draws(model: torch.nn.Module, n: int, seed: int, first: list[torch.Tensor]) -> Iterator[np.ndarray]:
+    """``n`` samples, :data:`SAMPLE_ROWS` at a time, from one generator seeded with ``seed`` (so that
+    up to :data:`SAMPLE_ROWS` samples are those of a single ``model.sample(n)``); the first chunk is
+    also put in ``first``."""
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, n, SAMPLE_ROWS):
+        with torch.no_grad():
+            chunk = model.sample(min(SAMPLE_ROWS, n - start), generator=generator).cpu()
+        if not first:
+            first.append(chunk)
+        yield chunk.numpy()
 
 
 def run_complete(args: argparse.Namespace) -> str:
@@ -96,7 +167,7 @@ def run_complete(args: argparse.Namespace) -> str:
                            f"{run} holds a {config['model']} flow")
     model, config = flowkit.cli.load_run(args.run)
     out = _drawn_path(run, None, f"complete-{args.n}x{args.samples}-seed{args.seed}.npy", "the completions")
-    splits, _, _ = load_data(config["data"], config["model"])
+    splits, _, _ = load_streaming(config["data"], config["model"], memmap=config.get("split") == "memmap")
     originals = splits.test[: args.n]
     observed, completions = _complete(model, originals, args.samples, args.seed, torch.device("cpu"))
     save_npy(out, completions.numpy())

@@ -27,14 +27,13 @@ from flowkit.cli.registry import (
     NEEDS,
     build_model,
     english,
-    load_data,
 )
 from flowkit.cli.runs import ARCHITECTURE, _bits_per_dim, _complete, _read_config, _remove_run, _sample, run_state
 
 __all__ = ["check_device", "report", "run_fit"]
 
 TRAINING = ("epochs", "patience", "batch_size", "lr", "optimizer", "weight_decay", "lr_schedule", "clip", "device",
-            "compile")
+            "compile", "precision")
 
 
 def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
@@ -42,11 +41,15 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
 
     In this order: the options and the device, the data, the state of ``--out`` and, with ``--resume``,
     its checkpoint, then the model; only then is ``--out`` created, its old run removed
-    (``--overwrite``) and written.
+    (``--overwrite``) and written. Under ``torchrun`` every rank runs the command and trains its share
+    (see :func:`flowkit.train.fit`); only rank 0 writes into ``--out``, and it starts once every rank has
+    checked it.
     """
+    from flowkit import distributed
     from flowkit.train import fit
 
     _check_options(args)
+    distributed.setup(distributed.local_device(args.device or "cpu"))
     out = Path(args.out)
     splits, info, notes, model_name = _fit_data(args)
     config = _fit_config(args, model_name, info)
@@ -55,11 +58,14 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     # Everything is checked before anything in --out is deleted or written.
     state = _check_out(args, out, config, splits, options, notes)
     model = build_model(config)
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+    main = distributed.is_main()
 
-    out.mkdir(parents=True, exist_ok=True)
-    if state == "run" and not args.resume:
-        _remove_run(out)
-    write_json(out / "config.json", config)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state == "run" and not args.resume:
+            _remove_run(out)
+        write_json(out / "config.json", config)
     start = time.perf_counter()
     history = fit(model, splits.train, splits.valid, **options, progress=args.progress, compile=args.compile,
                   device=args.device, log=out / "metrics.jsonl", checkpoint=out / "checkpoint.pt", resume=args.resume)
@@ -67,6 +73,8 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if model_name in AUTOREGRESSIVE:
         model.made.use_mask(0)  # with fresh masks, the one mask set holds key 0
     metrics = _score(args, model, model_name, splits, info, config, history, seconds, ensemble)
+    if not main:
+        return metrics, []
     written = _write_results(args, out, model, model_name, splits, info, config, history, metrics)
     return metrics, notes + [report(metrics, args.out, written)]
 
@@ -172,7 +180,12 @@ def _check_out(args: argparse.Namespace, out: Path, config: dict[str, Any], spli
 def _fit_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str], str]:
     """The splits and description of ``--data``, the notes to print, and the model (``--model`` or the
     default for the data), checked against the data and the model options."""
-    splits, info, message = load_data(args.data, args.model)
+    from flowkit.cli.commands import load_streaming  # a large .npy file is read from the file as needed
+
+    saved = Path(args.out) / "config.json"
+    memmap = _read_config(Path(args.out)).get("split") == "memmap" if args.resume and saved.is_file() else None
+    splits, info, message = load_streaming(args.data, args.model, memmap=memmap,
+                                           tensor_train=args.model in (None, "bernoulli"))
     notes = [] if message is None else [f"data: {message}"]
     model_name = args.model
     if model_name is None:
@@ -206,7 +219,7 @@ def _training_options(args: argparse.Namespace, ensemble: int | None) -> dict[st
     return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                 weight_decay=args.weight_decay, patience=args.patience, ensemble=ensemble,
                 masks="fresh" if args.fresh_masks else "cycle", seed=args.seed, lr_schedule=args.lr_schedule,
-                clip=args.clip)
+                clip=args.clip, precision=args.precision)
 
 
 # ---------------------------------------------------------------- after training

@@ -153,6 +153,9 @@ def _add_training(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--compile", action="store_true",
                      help="train through torch.compile of the minibatch loss: the first step compiles (about a "
                      "minute), then small flows train about twice as fast on a CPU")
+    fit.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                     help="precision of the training forward passes: bf16 or fp16 run them under autocast (fp16 with "
+                     "a gradient scaler), log-probabilities and log-determinants stay float32")
     fit.add_argument("--progress", action="store_true", help="show a progress bar")
 
 

@@ -5,6 +5,7 @@ from flowkit.data.digits import DIGITS_SHA256, binarize, digits, load_digits
 from flowkit.data.fetch import ChecksumError, DataUnavailableError, cache_dir, fetch_package_file
 from flowkit.data.files import load_file, split
 from flowkit.data.images import bits_per_dim, dequantize, logit_transform
+from flowkit.data.memmap import MemmapDataset, Statistics, column_statistics, load_memmap, split_memmap
 from flowkit.data.mnist import binarized_mnist, load_mnist
 from flowkit.data.power import load_power
 from flowkit.data.shapes import SHAPE_KINDS, draw_shapes, shapes
@@ -16,5 +17,6 @@ __all__ = [
     "bits_per_dim", "dequantize", "logit_transform",
     "cache_dir", "checkerboard", "digits", "eight_gaussians", "fetch_package_file", "load_digits", "load_file",
     "load_mnist", "load_power", "pinwheel", "rings", "split", "two_moons", "two_spirals",
+    "MemmapDataset", "Statistics", "column_statistics", "load_memmap", "split_memmap",
     "SHAPE_KINDS", "draw_shapes", "shapes",
 ]

@@ -15,7 +15,7 @@ from torch import Tensor
 from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitValueError
 
-__all__ = ["MAX_CATEGORIES", "load_file", "split"]
+__all__ = ["MAX_CATEGORIES", "load_file", "split", "split_sizes"]
 
 Kind = Literal["auto", "binary", "categorical", "continuous"]
 MAX_CATEGORIES = 256
@@ -188,9 +188,21 @@ def split(x: Tensor, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Sp
         >>> tuple(len(part) for part in split(torch.arange(20).view(10, 2)))
         (8, 1, 1)
     """
+    n = len(x)
+    n_train, n_valid, _ = split_sizes(n, valid, test)
+    x = x[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+    return Splits(x[:n_train], x[n_train : n_train + n_valid], x[n_train + n_valid :])
+
+
+def split_sizes(n: int, valid: float = 0.1, test: float = 0.1) -> tuple[int, int, int]:
+    """The rows ``(train, valid, test)`` that :func:`split` cuts ``n`` rows into, checked.
+
+    Example:
+        >>> split_sizes(1005)
+        (805, 100, 100)
+    """
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
         raise FlowkitValueError(f"expected fractions valid, test >= 0 with valid + test < 1, got {valid} and {test}")
-    n = len(x)
     n_valid, n_test = int(valid * n), int(test * n)
     if n - n_valid - n_test < 1:
         raise FlowkitValueError(f"expected at least one training row, got N = {n}")
@@ -198,6 +210,4 @@ def split(x: Tensor, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Sp
         if fraction > 0 and rows == 0:
             raise FlowkitValueError(f"expected at least {math.ceil(1 / fraction)} rows, so that the {part} part "
                                     f"({fraction:g} of them) has one, got N = {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    x = x[perm]
-    return Splits(x[: n - n_valid - n_test], x[n - n_valid - n_test : n - n_test], x[n - n_test :])
+    return n - n_valid - n_test, n_valid, n_test
