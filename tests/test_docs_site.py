@@ -54,7 +54,6 @@ def test_the_reference_names_every_public_name():
             assert module_name in conf._modules()
 
 
-@pytest.mark.slow
 def test_the_site_builds_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("myst_parser")
