@@ -34,6 +34,9 @@ import flowkit
 from flowkit.atomic import write_json, write_text
 from flowkit.data.digits import digits
 
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = [  # (hidden widths, global minibatch)
     ([500], 100),
@@ -130,24 +133,30 @@ def main() -> None:
     if args.quick:  # a smoke test writes nothing
         return
     write_json(RESULTS / "bench_distributed.json", result)
+    write_text(RESULTS / "bench_distributed.md", markdown(result))
+
+
+def markdown(result: dict) -> str:
+    """The results as ``bench_distributed.md``."""
+    machine, rows = result["machine"], result["cases"]
     lines = [
         f"Data-parallel training of a Bernoulli MADE (D = 64, direct connection) on the digits training rows "
-        f"repeated {args.copies} times, gloo on one machine ({machine['cores']} cores), one thread per process, "
-        f"torch {machine['torch']}; best of {args.repeats} launches of {args.epochs} timed epochs. "
+        f"repeated {result['copies']} times, gloo on one machine ({machine['cores']} cores), one thread per process, "
+        f"torch {machine['torch']}; best of {result['repeats']} launches of {result['epochs']} timed epochs. "
         "Efficiency = samples/s with 2 processes / (2 x samples/s with 1). A step is one global minibatch; "
         "all-reduce is one gloo all-reduce of a float32 tensor the size of the parameters, timed alone. "
-        f"The machine's 1-minute load average was {load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after "
-        f"(on {machine['cores']} cores: other work shared them).",
+        f"The machine's 1-minute load average was {machine['load_average_before']:.1f} before and "
+        f"{machine['load_average_after']:.1f} after (on {machine['cores']} cores: other work shared them).",
         "",
-        "| hidden | parameters | global batch | 1 process | 2 processes | efficiency | step, 1 / 2 processes "
-        "| all-reduce |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *(f"| {row['hidden']} | {row['parameters']:,} | {row['batch_size']} | {row['samples_per_second_1']:,.0f}/s | "
-          f"{row['samples_per_second_2']:,.0f}/s | {row['efficiency']:.0%} | {row['step_ms_1']:.1f} / "
-          f"{row['step_ms_2']:.1f} ms | {row['all_reduce_ms_2']:.1f} ms |" for row in rows),
+        markdown_table(["hidden", "parameters", "global batch", "1 process", "2 processes", "efficiency",
+                        "step, 1 / 2 processes", "all-reduce"],
+                       [[row["hidden"], f"{row['parameters']:,}", row["batch_size"],
+                         f"{row['samples_per_second_1']:,.0f}/s", f"{row['samples_per_second_2']:,.0f}/s",
+                         f"{row['efficiency']:.0%}", f"{row['step_ms_1']:.1f} / {row['step_ms_2']:.1f} ms",
+                         f"{row['all_reduce_ms_2']:.1f} ms"] for row in rows]),
         "",
     ]
-    write_text(RESULTS / "bench_distributed.md", "\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ import torch
 
 from flowkit.atomic import save_npy_chunks, write_json, write_text
 
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
+
 CACHE = Path.home() / ".cache" / "flowkit-runs" / "bench_memory"
 MODEL = ["--model", "maf", "--batch-size", "100"]
 SMALL = ["--model", "maf", "--layers", "2", "--hidden", "32", "32", "--batch-size", "100"]
@@ -188,41 +191,43 @@ def markdown(results: dict) -> str:
         f"process; {results['machine']}. Peak resident memory of each command's process tree (VmRSS sampled every "
         "0.1 s, with its anonymous and file-backed parts at the peak; the file-backed part is mostly torch's "
         "shared libraries).", "",
-        "| command | peak RSS, MB | anon / file, MB | seconds | notes |",
-        "| --- | --- | --- | --- | --- |",
-        f"| `python -c 'import torch'` | {results['bare_torch']['peak_rss_mb']} | "
-        f"{results['bare_torch']['anon_mb_at_peak']} / {results['bare_torch']['file_mb_at_peak']} | | the floor |",
     ]
 
-    def row(name: str, entry: dict, note: str) -> str:
-        return (f"| {name} | {entry['peak_rss_mb']} | {entry['anon_mb_at_peak']} / {entry['file_mb_at_peak']} | "
-                f"{entry['seconds']} | {note} |")
+    def row(name: str, entry: dict, note: str) -> list:
+        return [name, entry["peak_rss_mb"], f"{entry['anon_mb_at_peak']} / {entry['file_mb_at_peak']}",
+                entry.get("seconds", ""), note]
 
+    bare = results["bare_torch"]
     lines += [
-        row(f"`flowkit fit {' '.join(MODEL)}` (read from the file)", fit_m,
-            f"training from {fit_m['training_started_s']} s, stopped {results['train_seconds']:g} s later"),
-        row("the same, in memory (`FLOWKIT_MEMMAP_BYTES` above the size)", fit_t,
-            f"training from {fit_t['training_started_s']} s, stopped {results['train_seconds_in_memory']:g} s later"),
-        row(f"`flowkit fit {' '.join(SMALL)} --epochs 0`", results["fit_epochs0"],
-            "streaming pass, split, scoring the validation and test parts"),
-        row("`flowkit eval` of that run", results["eval"], " ".join(results["eval"]["output"][-1:])),
-        row(f"`flowkit sample -n {results['sample_n']}` (small MAF)", results["sample"],
-            f"{results['sample_rows_per_s']:,} samples/s, shape {results['sample_shape']}"),
+        markdown_table(["command", "peak RSS, MB", "anon / file, MB", "seconds", "notes"], [
+            ["`python -c 'import torch'`", bare["peak_rss_mb"],
+             f"{bare['anon_mb_at_peak']} / {bare['file_mb_at_peak']}", "", "the floor"],
+            row(f"`flowkit fit {' '.join(MODEL)}` (read from the file)", fit_m,
+                f"training from {fit_m['training_started_s']} s, stopped {results['train_seconds']:g} s later"),
+            row("the same, in memory (`FLOWKIT_MEMMAP_BYTES` above the size)", fit_t,
+                f"training from {fit_t['training_started_s']} s, stopped {results['train_seconds_in_memory']:g} s "
+                "later"),
+            row(f"`flowkit fit {' '.join(SMALL)} --epochs 0`", results["fit_epochs0"],
+                "streaming pass, split, scoring the validation and test parts"),
+            row("`flowkit eval` of that run", results["eval"], " ".join(results["eval"]["output"][-1:])),
+            row(f"`flowkit sample -n {results['sample_n']}` (small MAF)", results["sample"],
+                f"{results['sample_rows_per_s']:,} samples/s, shape {results['sample_shape']}"),
+        ]),
         "",
         "Throughput of `flowkit.train.fit` (the loop `flowkit fit` runs) over the same rows of the training "
         "split, read from the file and as one tensor, alternating (one epoch each); medians of rows per second "
         "of process CPU time (user and system: the reads' system calls count) and of wall time, and the median "
         "of the ratios within each round:", "",
-        "| model | rows x rounds | CPU: from the file / in memory, rows/s | ratio | wall: from the file / in memory, "
-        "rows/s | ratio | same weights |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for speed in results["throughput"]:
         cpu, wall = speed["cpu"], speed["wall"]
-        lines.append(f"| {speed['model']} | {speed['rows']:,} x {speed['rounds']} | "
-                     f"{cpu['median_rows_per_s']['memmap']:,} / {cpu['median_rows_per_s']['tensor']:,} | "
-                     f"{cpu['median_ratio']} | {wall['median_rows_per_s']['memmap']:,} / "
-                     f"{wall['median_rows_per_s']['tensor']:,} | {wall['median_ratio']} | {speed['same_weights']} |")
+        rows.append([speed["model"], f"{speed['rows']:,} x {speed['rounds']}",
+                     f"{cpu['median_rows_per_s']['memmap']:,} / {cpu['median_rows_per_s']['tensor']:,}",
+                     cpu["median_ratio"], f"{wall['median_rows_per_s']['memmap']:,} / "
+                     f"{wall['median_rows_per_s']['tensor']:,}", wall["median_ratio"], speed["same_weights"]])
+    lines.append(markdown_table(["model", "rows x rounds", "CPU: from the file / in memory, rows/s", "ratio",
+                                 "wall: from the file / in memory, rows/s", "ratio", "same weights"], rows))
     lines += ["", f"Command: `{results['command']}` ({results['total_seconds']:.0f} s).", ""]
     return "\n".join(lines)
 

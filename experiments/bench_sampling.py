@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,6 +26,9 @@ import torch
 
 import flowkit
 from flowkit.atomic import write_json, write_text  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
@@ -158,6 +162,14 @@ def bench_maf(args, rows, name, features, layers, hidden, transformer, n=1000, p
     rows.append((name, figures))
 
 
+def table(rows: list) -> str:
+    """The table of ``bench_sampling.md``: per task and sampler, the median time and its ratio to the engine's."""
+    cells = [[name, sampler, "not installed", ""] if seconds is None else
+             [name, sampler, f"{seconds * 1e3:.1f} ms", f"{seconds / figures['flowkit engine']:.1f}x"]
+             for name, figures in rows for sampler, seconds in figures.items()]
+    return markdown_table(["task", "sampler", "median time", "ratio to the flowkit engine"], cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -173,15 +185,7 @@ def main() -> None:
 
     machine = (torch.cuda.get_device_name() if args.device == "cuda"
                else f"{platform.machine()} CPU, {torch.get_num_threads()} threads") + f", torch {torch.__version__}"
-    lines = [f"Sampling, median seconds (ratio = other / flowkit engine); {machine}.", "",
-             "| task | sampler | median time | ratio to the flowkit engine |", "| --- | --- | --- | --- |"]
-    for name, figures in rows:
-        ours = figures["flowkit engine"]
-        for sampler, seconds in figures.items():
-            if seconds is None:
-                lines.append(f"| {name} | {sampler} | not installed | |")
-            else:
-                lines.append(f"| {name} | {sampler} | {seconds * 1e3:.1f} ms | {seconds / ours:.1f}x |")
+    lines = [f"Sampling, median seconds (ratio = other / flowkit engine); {machine}.", "", table(rows)]
     suffix = "" if args.device == "cpu" else f"_{args.device}"
     command = "python experiments/bench_sampling.py" + ("" if args.device == "cpu" else f" --device {args.device}")
     out = Path(args.out)

@@ -47,6 +47,9 @@ import flowkit
 from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.validation import validate
 
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
+
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 
 FLOWKIT = "flowkit"
@@ -309,6 +312,24 @@ def cpu_name() -> str:
     return f"{platform.machine()} CPU"
 
 
+def table(cases: list[dict]) -> str:
+    """The table of ``bench_train.md``: per case and implementation, the median and best time of a train
+    step and of an eval ``log_prob``, with the ratio to flowkit's median."""
+    rows = []
+    for case in cases:
+        train, evaluate = case["seconds"]["train step"], case["seconds"]["eval log_prob"]
+        for impl in train:
+            cells = [case["task"], impl]
+            for figures in (train, evaluate):
+                median, best = figures[impl]["median"], figures[impl]["min"]
+                ratio = median / figures[FLOWKIT]["median"]
+                cells += [f"{median * 1e3:.2f} ms", f"{ratio:.2f}x", f"{best * 1e3:.2f} ms"]
+            rows.append(cells)
+        rows += [[case["task"], impl, why, "", "", "", "", ""] for impl, why in case["unavailable"].items()]
+    return markdown_table(["case", "implementation", "train step", "ratio", "best block", "eval log_prob", "ratio",
+                           "best block"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -353,20 +374,8 @@ def main() -> None:
         f"interleaved repeats; {machine}, "
         f"torch {torch.__version__}, float32. Ratio = implementation / flowkit: above 1, flowkit is faster.",
         "",
-        "| case | implementation | train step | ratio | best block | eval log_prob | ratio | best block |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        table(cases),
     ]
-    for case in cases:
-        train, evaluate = case["seconds"]["train step"], case["seconds"]["eval log_prob"]
-        for impl in train:
-            cells = []
-            for figures in (train, evaluate):
-                median, best = figures[impl]["median"], figures[impl]["min"]
-                cells.append(f"{median * 1e3:.2f} ms | {median / figures[FLOWKIT]['median']:.2f}x | "
-                             f"{best * 1e3:.2f} ms")
-            lines.append(f"| {case['task']} | {impl} | {' | '.join(cells)} |")
-        for impl, why in case["unavailable"].items():
-            lines.append(f"| {case['task']} | {impl} | {why} | | | | | |")
     lines += ["", "What each implementation is:", ""]
     for case in cases:
         for impl, what in case["classes"].items():

@@ -15,6 +15,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.baselines import IndependentBernoulli
 from flowkit.data import digits
 from flowkit.train import evaluate, fit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
 
 CONFIGS = [
     ("MADE 1x500, 1 mask", dict(hidden=[500], masks=1)),
@@ -46,6 +50,26 @@ def run(hidden: list[int], masks: int, seed: int, epochs: int, patience: int, sp
     if ensemble:
         row["test_nll_ensemble"] = evaluate(model, splits.test, ensemble=ensemble)[0]
     return row
+
+
+def results_table(results: dict) -> str:
+    """The table of ``digits.md``: the independent baseline, then each model's medians over the seeds."""
+    def cell(rows: list[dict], key: str) -> str:
+        values = [r[key] for r in rows if key in r]
+        if not values:
+            return ""
+        spread = f" (min {min(values):.2f}, max {max(values):.2f})" if len(values) > 1 else ""
+        return f"{statistics.median(values):.2f}{spread}"
+
+    baseline = results["independent_bernoulli"]
+    rows = [["independent Bernoullis", f"{baseline['test_nll']:.2f} ± {baseline['test_nll_se']:.2f} (s.e.)", "", "",
+             ""]]
+    rows += [[name, cell(runs, "test_nll_one_mask"), cell(runs, "test_nll_ensemble"),
+              f"{statistics.median(r['epochs'] for r in runs):.0f}",
+              f"{statistics.median(r['seconds'] for r in runs):.1f}"]
+             for name, runs in results["models"].items()]
+    return markdown_table(["model", "test NLL, nats (one mask set: the one current at the best epoch)",
+                           "test NLL, nats (ensemble of all mask sets)", "epochs", "seconds per run"], rows)
 
 
 def main() -> None:
@@ -74,23 +98,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "digits.json", results)
-    lines = [
-        "| model | test NLL, nats (one mask set: the one current at the best epoch) "
-        "| test NLL, nats (ensemble of all mask sets) | epochs | seconds per run |",
-        "| --- | --- | --- | --- | --- |",
-        f"| independent Bernoullis | {independent:.2f} ± {independent_se:.2f} (s.e.) | | | |",
-    ]
-    for name, rows in results["models"].items():
-        def cell(key):
-            values = [r[key] for r in rows if key in r]
-            if not values:
-                return ""
-            spread = f" (min {min(values):.2f}, max {max(values):.2f})" if len(values) > 1 else ""
-            return f"{statistics.median(values):.2f}{spread}"
-        lines.append(f"| {name} | {cell('test_nll_one_mask')} | {cell('test_nll_ensemble')} | "
-                     f"{statistics.median(r['epochs'] for r in rows):.0f} | "
-                     f"{statistics.median(r['seconds'] for r in rows):.1f} |")
-    table = "\n".join(lines)
+    table = results_table(results)
     note = (f"\nMedian over {args.seeds} seed(s) (min and max beside it); 300 test digits; "
             f"{results['machine']}. Command: `{results['command']}`.\n")
     write_text(out / "digits.md", table + "\n" + note)

@@ -41,6 +41,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import sys  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -48,6 +50,9 @@ from torch import Tensor  # noqa: E402
 import flowkit  # noqa: E402
 from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
 from flowkit.vi import log_weights, reverse_kl  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
 
 Energy = Callable[[Tensor], Tensor]
 SHOWN = 4.0  # the paper's figures show [-4, 4]^2
@@ -250,14 +255,15 @@ def table(results: dict, args: argparse.Namespace) -> str:
         f"{args.grid} x {args.grid} grid over [-8, 8]^2; KL(q || p) = mean(log q - log p~) + log Z over "
         f"{args.eval_samples:,} samples; ESS = (sum w)^2 / sum w^2 / n for w = p~ / q.",
         "",
-        "| energy | flow | KL(q‖p) ± s.e. | ESS fraction | log Z | q mass in box | steps | wall time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for ename, entry in results["energies"].items():
         lz = list(entry["log_z"].values())[-1]
         for fname, s in entry["flows"].items():
-            lines.append(f"| {ename} | {fname} | {s['kl']:.4f} ± {s['kl_se']:.4f} | {s['ess_fraction']:.3f} | "
-                         f"{lz:.4f} | {s['flow_mass_in_box']:.4f} | {args.steps} | {s['train_seconds']:.0f} s |")
+            rows.append([ename, fname, f"{s['kl']:.4f} ± {s['kl_se']:.4f}", f"{s['ess_fraction']:.3f}", f"{lz:.4f}",
+                         f"{s['flow_mass_in_box']:.4f}", args.steps, f"{s['train_seconds']:.0f} s"])
+    lines.append(markdown_table(["energy", "flow", "KL(q‖p) ± s.e.", "ESS fraction", "log Z", "q mass in box",
+                                 "steps", "wall time"], rows))
     boxes = "; ".join(f"{e}: " + ", ".join(f"{v:.5f} on {k}" for k, v in entry["log_z"].items())
                       for e, entry in results["energies"].items())
     lines += ["", f"log Z does not move when the box grows ({boxes}). \"q mass in box\" is the integral of "

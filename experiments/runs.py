@@ -56,7 +56,8 @@ def unfinished(folder: Path) -> dict[str, Any]:
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table: the ``header`` cells, then one line per row of cells (each written with
-    ``str``); the one helper behind every results table of ``experiments/``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    ``str``, an empty one as ``| |``); the one helper behind every results table of ``experiments/``."""
+    def line(cells: Sequence[Any]) -> str:
+        return "|" + "".join(f" {cell} |" if str(cell) else " |" for cell in cells)
+
+    return "\n".join([line(header), "|" + " --- |" * len(header), *(line(row) for row in rows)])

@@ -32,6 +32,7 @@ import functools
 import io
 import math
 import statistics
+import sys  # noqa: E402
 import tempfile
 import time
 import warnings
@@ -46,6 +47,9 @@ from torch.distributions import Bernoulli, Beta, Gamma, InverseGamma, Multivaria
 
 import flowkit.sbi as fs
 from flowkit.atomic import read_json, write_json, write_text
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
 
 NOISE = 0.5
 OBSERVATIONS = [[0.5, -0.3, 1.0], [0.0, 0.0, 0.0], [-1.5, 1.0, 0.2]]
@@ -195,14 +199,12 @@ def report(results) -> str:
     for task, entry in results["tasks"].items():
         shown = [c for c in COLUMNS if c[0] == "epoch_seconds" or any(c[0] in run for runs in entry["runs"].values()
                                                                       for run in runs)]
-        lines += [f"## {task.replace('_', ' ')} ({entry['simulations']} simulations)", "",
-                  "| estimator | " + " | ".join(c[1] for c in shown) + " |",
-                  "| --- |" + " --- |" * len(shown)]
+        rows = []
         for name, runs in entry["runs"].items():
             runs = [run | {"epoch_seconds": run["train_seconds"] / run["epochs"]} for run in runs]
-            cells = [c[2].format(statistics.mean(run[c[0]] for run in runs)) for c in shown]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+            rows.append([name, *(c[2].format(statistics.mean(run[c[0]] for run in runs)) for c in shown)])
+        lines += [f"## {task.replace('_', ' ')} ({entry['simulations']} simulations)", "",
+                  markdown_table(["estimator", *(c[1] for c in shown)], rows), ""]
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +42,9 @@ from flowkit.atomic import write_json, write_text  # noqa: E402
 from flowkit.data import binarized_mnist
 from flowkit.train import fit
 from flowkit.vi import amortized_iaf, elbo, log_weights
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runs import markdown_table  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -107,6 +111,15 @@ def active_units(model: VAE, data: Tensor, threshold: float = 1e-2) -> int:
     return int((means.var(0) > threshold).sum())
 
 
+def table(rows: list[dict], latent: int) -> str:
+    """The table of ``vae_mnist.md``: one row per posterior."""
+    return markdown_table(
+        ["posterior", "test ELBO", "test IWAE (K)", "IWAE - ELBO", "active units", "epochs (best)", "train s"],
+        [[r["posterior"], f"{r['elbo']:.2f} ± {r['elbo_se']:.2f}", f"{r['iwae']:.2f} ± {r['iwae_se']:.2f}",
+          f"{r['gap']:.2f} ± {r['gap_se']:.2f}", f"{r['active_units']}/{latent}",
+          f"{r['epochs_run']} ({r['best_epoch']})", f"{r['train_seconds']:.0f}"] for r in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=100)
@@ -167,14 +180,8 @@ def main() -> None:
         f"K={args.k} importance samples on {len(test)} test images; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. Nats per image, higher is better; ± one standard error over test images.",
         "",
-        "| posterior | test ELBO | test IWAE (K) | IWAE - ELBO | active units | epochs (best) | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        table(rows, args.latent),
     ]
-    for r in rows:
-        lines.append(f"| {r['posterior']} | {r['elbo']:.2f} ± {r['elbo_se']:.2f} "
-                     f"| {r['iwae']:.2f} ± {r['iwae_se']:.2f} "
-                     f"| {r['gap']:.2f} ± {r['gap_se']:.2f} | {r['active_units']}/{args.latent} "
-                     f"| {r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |")
     lines += ["", f"IAF minus diagonal, paired over the same test images: ELBO {de:+.2f} ± {de_se:.2f} nats, "
               f"IWAE {di:+.2f} ± {di_se:.2f} nats."]
     write_text(args.out / "vae_mnist.md", "\n".join(lines) + "\n")
