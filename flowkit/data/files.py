@@ -178,7 +178,7 @@ def _continuous(x: np.ndarray, name: str) -> Tensor:
     return torch.from_numpy(x.astype(np.float32))
 
 
-def split(x: Tensor, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
+def split(x: Tensor, valid: float = 0.1, test: float = 0.1, *, seed: int = 0) -> Splits:
     """Shuffle the rows of ``x: (N, D)`` with ``seed`` and cut them into train, valid and test.
 
     ``valid`` and ``test`` are fractions of ``N``, each rounded down; the rest is training data.

@@ -655,7 +655,7 @@ def _continuous(data: MemmapDataset, name: str) -> MemmapDataset:
     return data
 
 
-def split_memmap(data: MemmapDataset, valid: float = 0.1, test: float = 0.1, seed: int = 0) -> Splits:
+def split_memmap(data: MemmapDataset, valid: float = 0.1, test: float = 0.1, *, seed: int = 0) -> Splits:
     """Train, validation and test views of ``data``: the sizes of :func:`flowkit.data.split`
     (``valid`` and ``test`` fractions of ``N``, rounded down), the rows in the order of a
     :class:`Permutation` seeded with ``seed`` (half a byte a row, where ``split``'s ``randperm``
