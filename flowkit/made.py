@@ -59,9 +59,9 @@ class MaskedLinear(nn.Linear):
         super().__init__(masks.shape[2], masks.shape[1], bias=bias)
         self.register_buffer("masks", masks.bool())
         self._derived = Derived()
-        self.reset_parameters_masked(generator, gain=gain)
+        self.reset_parameters_masked(generator=generator, gain=gain)
 
-    def reset_parameters_masked(self, generator: torch.Generator | None = None, *, gain: float = 1.0) -> None:
+    def reset_parameters_masked(self, *, generator: torch.Generator | None = None, gain: float = 1.0) -> None:
         r"""Draws the weights and biases uniformly on :math:`\pm \text{gain} / \sqrt{\text{fan-in}}`,
         with the fan-in each unit actually has under the first mask (at least 1)."""
         fan_in = self.masks[0].sum(dim=1, keepdim=True).clamp(min=1.0)

@@ -31,7 +31,7 @@ def redrawn(model, weights):
     if weights:
         generator = torch.Generator().manual_seed(weights)
         for layer in [*model.made.layers, *([model.made.direct] if model.made.direct is not None else [])]:
-            layer.reset_parameters_masked(generator)
+            layer.reset_parameters_masked(generator=generator)
     return model
 
 

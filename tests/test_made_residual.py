@@ -27,7 +27,7 @@ def loud(module: nn.Module, seed: int = 0, gain: float = 1.5) -> nn.Module:
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, MaskedLinear):
-                m.reset_parameters_masked(generator, gain=gain)
+                m.reset_parameters_masked(generator=generator, gain=gain)
                 if m.bias is not None:
                     m.bias.uniform_(-1.0, 1.0, generator=generator)
     return module
