@@ -67,7 +67,10 @@ class Affine(Transformer):
     def scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
         r"""The scale :math:`\sigma = \operatorname{softplus}(u) + \epsilon` and the shift :math:`t` of
         parameters ``params: (*shape, 2)`` laid out as ``[u, t]``, each ``(*shape)``."""
-        return F.softplus(params[..., 0]) + self.eps, params[..., 1]
+        # one copy into (2, *shape), contiguous: softplus and the products on the strided views
+        # params[..., 0] and params[..., 1] run several times slower on a CPU
+        raw, shift = params.movedim(-1, 0).contiguous()
+        return F.softplus(raw) + self.eps, shift
 
     def forward(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         scale, shift = self.scale_shift(params)
