@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ from torch import Tensor
 from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitValueError
 
-__all__ = ["MAX_CATEGORIES", "load_file", "split", "split_sizes"]
+__all__ = ["MAX_CATEGORIES", "load_file", "raise_constant_column", "split", "split_sizes"]
 
 Kind = Literal["auto", "binary", "categorical", "continuous"]
 MAX_CATEGORIES = 256
@@ -170,12 +171,17 @@ def load_file(path: os.PathLike | str, kind: Kind = "auto") -> tuple[Tensor, str
 def _continuous(x: np.ndarray, name: str) -> Tensor:
     constant = np.flatnonzero((x == x[:1]).all(axis=0))
     if len(constant):
-        column = int(constant[0])
-        more = f" and so are {len(constant) - 1} more" if len(constant) > 1 else ""
-        raise FlowkitValueError(
-            f"column {column} of {name} is constant (every value is {x[0, column]:g}){more}: "
-            "a continuous density on it has no finite maximum-likelihood fit; drop the column")
+        raise_constant_column(name, constant, float(x[0, int(constant[0])]))
     return torch.from_numpy(x.astype(np.float32))
+
+
+def raise_constant_column(name: str, constant: Sequence[int] | np.ndarray, value: float) -> None:
+    """Refuses continuous data with constant columns (``constant``, the first holding ``value``)."""
+    column = int(constant[0])
+    more = f" and so are {len(constant) - 1} more" if len(constant) > 1 else ""
+    raise FlowkitValueError(
+        f"column {column} of {name} is constant (every value is {value:g}){more}: "
+        "a continuous density on it has no finite maximum-likelihood fit; drop the column")
 
 
 def split(x: Tensor, valid: float = 0.1, test: float = 0.1, *, seed: int = 0) -> Splits:

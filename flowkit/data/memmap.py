@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from flowkit.data.files import MAX_CATEGORIES, Kind, split_sizes
+from flowkit.data.files import MAX_CATEGORIES, Kind, raise_constant_column, split_sizes
 from flowkit.data.splits import Splits
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
 
@@ -647,11 +647,7 @@ def load_memmap(path: os.PathLike | str, kind: Kind = "auto", access: str = "rea
 def _continuous(data: MemmapDataset, name: str) -> MemmapDataset:
     constant = data.statistics.constant
     if len(constant):
-        column = int(constant[0])
-        more = f" and so are {len(constant) - 1} more" if len(constant) > 1 else ""
-        raise FlowkitValueError(
-            f"column {column} of {name} is constant (every value is {data.statistics.minimum[column]:g}){more}: "
-            "a continuous density on it has no finite maximum-likelihood fit; drop the column")
+        raise_constant_column(name, constant, float(data.statistics.minimum[int(constant[0])]))
     return data
 
 
