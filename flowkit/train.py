@@ -237,13 +237,14 @@ def fit(
     train_rows = _rows("train data", train)  # checked by _settings above
     began_fit = time.perf_counter()
     epoch_range = _epoch_range(run, epochs, progress and main)
+    population = _population_sample(train_rows, seed, device) if batch_norm == "population" else None
     try:
         for epoch in epoch_range:
             began = time.perf_counter()
             train_nll = run.train_epoch(train_rows, batch_size, minibatch_loss, masks, clip)
             distributed.sync_buffers(model)
-            if batch_norm == "population":
-                _population_statistics(model, train_rows, seed, device)
+            if population is not None:
+                set_population_statistics(model, *population)
             score = None if valid is None else run.score_validation(valid, max(batch_size, 1000), scoring, patience)
             run.end_epoch(score, lr_schedule)
             run.record(epoch, train_nll, score, time.perf_counter() - began, settings, checkpoint, (log, log_format))
@@ -331,12 +332,11 @@ def _epoch_range(run: _Run, epochs: int, progress: bool):
     return tqdm(epoch_range, desc="fit", unit="epoch", initial=run.epoch, total=epochs)
 
 
-def _population_statistics(model: nn.Module, rows: _Rows, seed: int, device: torch.device) -> None:
-    """Sets the model's batch norm layers to the statistics of a fixed sample of the training rows
-    (the same on every rank and at every epoch)."""
+def _population_sample(rows: _Rows, seed: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """The fixed sample of the training rows that batch norm's population statistics are measured on
+    before every validation (the same on every rank), read once per fit."""
     pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:POPULATION_ROWS]
-    x, context = rows.batch(pick.sort().values, device)
-    set_population_statistics(model, x, context)
+    return rows.batch(pick.sort().values, device)
 
 
 def _resume_state(checkpoint: str | Path, settings: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
