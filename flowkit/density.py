@@ -14,7 +14,7 @@ from flowkit.engine import autoregressive
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.heads import Bernoulli, Categorical, GaussianMixture, Head, Mixed
 from flowkit.made import MADE
-from flowkit.validation import check_context, check_int, check_shape, checked, mask_keys
+from flowkit.validation import broadcast_batch, check_context, check_int, check_shape, checked, mask_keys
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["Density", "AutoregressiveDensity", "BernoulliMADE", "CategoricalMADE", "MADEMoG", "MixedMADE"]
@@ -272,7 +272,7 @@ class AutoregressiveDensity(nn.Module):
         x = self._check_x(torch.where(observed, x, zero))
         check_context(context, self.context_features, x.shape[:-1])
         context = self._embed(context)
-        batch = x.shape[:-1] if context is None else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        batch = x.shape[:-1] if context is None else broadcast_batch(x.shape[:-1], context.shape[:-1])
         x, observed = x.expand(*batch, self.features), observed.expand(*batch, self.features)
         context = None if context is None else context.expand(*batch, context.shape[-1])
 

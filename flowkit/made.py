@@ -15,6 +15,7 @@ from flowkit import masks as M
 from flowkit.derived import Derived
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.validation import (
+    broadcast_batch,
     check_context,
     check_finite,
     check_float,
@@ -471,7 +472,7 @@ class MADE(nn.Module):
         context = check_context(context, self.context_features, x.shape[:-1])
         if context is None:
             return x
-        batch = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        batch = broadcast_batch(x.shape[:-1], context.shape[:-1])
         return torch.cat(
             [x.expand(*batch, x.shape[-1]), context.to(x.dtype).expand(*batch, context.shape[-1])],
             dim=-1,

@@ -37,7 +37,16 @@ from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.flows import MAF, Flow
 from flowkit.heads import Categorical, GaussianMixture, LogNormalMixture
 from flowkit.transforms import Composite, Standardize
-from flowkit.validation import check_finite, check_float, check_int, check_ints, check_option, checked, validate
+from flowkit.validation import (
+    broadcast_batch,
+    check_finite,
+    check_float,
+    check_int,
+    check_ints,
+    check_option,
+    checked,
+    validate,
+)
 from flowkit.validation import sample_shape as as_sample_shape
 
 __all__ = ["FlowkitEstimator", "MixedFlowkitEstimator", "ZScore", "standardize_from_data", "build_maf", "build_made",
@@ -178,11 +187,7 @@ class FlowkitEstimator(ConditionalDensityEstimator):
         """``u: (S, B, D)`` under ``condition: (B, *c) or (S, B, *c)``, shape-checked: ``(S, B)``."""
         context = self._embed(condition)
         context = context if context.dim() == 3 else context.unsqueeze(0)
-        try:
-            lead = torch.broadcast_shapes(u.shape[:2], context.shape[:2])
-        except RuntimeError:
-            raise FlowkitValueError(f"the sample and batch sizes of input {tuple(u.shape[:2])} and of condition "
-                                    f"{tuple(context.shape[:2])} do not broadcast") from None
+        lead = broadcast_batch(u.shape[:2], context.shape[:2], names=("input (S, B)", "condition (S, B)"))
         return self.net.log_prob(u.expand(*lead, u.shape[-1]), context.expand(*lead, context.shape[-1]))
 
     def _draw(self, sample_shape, condition: Tensor, scored: bool):

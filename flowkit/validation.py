@@ -40,7 +40,7 @@ from flowkit.errors import FlowkitTypeError, FlowkitValueError
 
 __all__ = ["validate", "set_validation", "validation_enabled", "checked", "check_shape", "check_finite",
            "check_context", "sample_shape", "check_int", "check_ints", "check_float", "check_option",
-           "check_permutation", "mask_keys", "NumberTypeError"]
+           "check_permutation", "mask_keys", "broadcast_batch", "NumberTypeError"]
 
 
 class NumberTypeError(FlowkitTypeError):
@@ -180,15 +180,36 @@ def check_context(
         raise FlowkitValueError(
             f"expected context of shape (*, {context_features}), got {tuple(context.shape)}"
         )
-    try:
-        torch.broadcast_shapes(batch, context.shape[:-1])
-    except RuntimeError:
-        raise FlowkitValueError(
-            f"the batch shape of x {tuple(batch)} and of context {tuple(context.shape[:-1])} "
-            "do not broadcast"
-        ) from None
+    broadcast_batch(batch, context.shape[:-1], names=("x", "context"))
     check_finite("context", context)
     return context
+
+
+def broadcast_batch(*shapes: Sequence[int], names: Sequence[str] | None = None) -> torch.Size:
+    """The broadcast of batch shapes, by NumPy's rule, or a :class:`~flowkit.FlowkitValueError`
+    that names the shapes.
+
+    The same result as ``torch.broadcast_shapes``, in plain Python: the torch function imports
+    sympy on its first call (about 0.6 s, once per process), which every first ``log_prob`` or
+    ``sample`` with a context would pay.
+
+    Example:
+        >>> broadcast_batch((5, 1), (3,))
+        torch.Size([5, 3])
+    """
+    result: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        width = max(len(result), len(shape))
+        result = [1] * (width - len(result)) + result
+        for i, size in enumerate((1,) * (width - len(shape)) + shape):
+            if size != result[i] and size != 1 and result[i] != 1:
+                labels = names if names is not None else [f"#{k}" for k in range(len(shapes))]
+                described = " and ".join(f"of {label} {tuple(s)}" for label, s in zip(labels, shapes))
+                raise FlowkitValueError(f"the batch shapes {described} do not broadcast")
+            if result[i] == 1:
+                result[i] = size
+    return torch.Size(result)
 
 
 def check_int(

@@ -83,3 +83,35 @@ def test_a_training_loss_compiles_into_one_graph_with_its_checks(build, data):
     explanation = torch._dynamo.explain(lambda x: -model.log_prob(x).mean())(x)
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_broadcast_batch_agrees_with_torch_and_names_the_shapes():
+    from flowkit.validation import broadcast_batch
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        shapes = [tuple(int(s) for s in torch.randint(0, 4, (int(torch.randint(0, 4, (), generator=generator)),),
+                                                      generator=generator)) for _ in range(3)]
+        try:
+            expected = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            with pytest.raises(flowkit.FlowkitValueError, match="do not broadcast"):
+                broadcast_batch(*shapes)
+        else:
+            assert broadcast_batch(*shapes) == expected
+    with pytest.raises(flowkit.FlowkitValueError, match=r"of x \(5,\) and of context \(4,\) do not broadcast"):
+        broadcast_batch((5,), (4,), names=("x", "context"))
+
+
+def test_first_conditional_sample_does_not_import_sympy():
+    # torch.broadcast_shapes imports sympy on its first call (about 0.6 s); flowkit's checks do not use it
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, flowkit\n"
+            "flow = flowkit.MAF(3, 2, [8], transformer='spline', context_features=2, seed=0)\n"
+            "c = torch.randn(4, 2)\n"
+            "flow.log_prob(flow.sample(context=c), context=c).sum().backward()\n"
+            "print('sympy' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import ConnectivityWarning
 from flowkit.transforms import Affine, MaskedAutoregressive, RationalQuadraticSpline, Transform
+from flowkit.validation import broadcast_batch
 
 __all__ = ["to_nflows", "from_nflows", "convert_autoregressive"]
 
@@ -47,7 +48,7 @@ class _FromNflows(Transform):
         self.transform = transform
 
     def _call(self, method, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch = x.shape[:-1] if context is None else torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
+        batch = x.shape[:-1] if context is None else broadcast_batch(x.shape[:-1], context.shape[:-1])
         flat_x = x.expand(*batch, x.shape[-1]).reshape(-1, x.shape[-1])
         flat_c = None if context is None else context.expand(*batch, context.shape[-1]).reshape(-1, context.shape[-1])
         y, logabsdet = method(flat_x, flat_c)

@@ -19,7 +19,7 @@ from flowkit.errors import FlowkitTypeError, FlowkitValueError
 from flowkit.made import MADE
 from flowkit.transforms.base import Transform, Transformer, check_features
 from flowkit.transforms.spline import RationalQuadraticSpline
-from flowkit.validation import check_context, check_finite, check_float, check_option
+from flowkit.validation import broadcast_batch, check_context, check_finite, check_float, check_option
 
 __all__ = ["Affine", "MaskedAutoregressive", "make_transformer", "resolve_transformer_options", "TRANSFORMER_OPTIONS",
            "IDENTITY_WEIGHT_BOUND"]
@@ -287,7 +287,7 @@ class MaskedAutoregressive(Transform):
         check_context(context, self.made.context_features, y.shape[:-1])
         y = y.to(self.made.layers[0].weight.dtype)
         if context is not None:
-            batch = torch.broadcast_shapes(y.shape[:-1], context.shape[:-1])
+            batch = broadcast_batch(y.shape[:-1], context.shape[:-1])
             y = y.expand(*batch, self.features)
             context = context.expand(*batch, context.shape[-1])
         logabsdet = {}
