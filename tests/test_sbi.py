@@ -194,6 +194,27 @@ def test_npe_estimator_and_posterior_survive_torch_save(npe):
     torch.testing.assert_close(fresh.log_prob(theta, x_o), estimator.log_prob(theta, x_o))
 
 
+def test_sequential_npe_with_the_atomic_loss_sharpens_the_posterior():
+    # two rounds of 500 simulations: round 2 draws from round 1's posterior at x_o and sbi trains with
+    # NPE-C's atomic loss, which scores every theta against other atoms' x. Measured (3 seeds, 2000
+    # draws): KL(p || q) 0.44-0.58 after round 1, 0.015-0.055 after round 2
+    x_o = torch.tensor([0.5, -0.3, 1.0])
+    prior = MultivariateNormal(torch.zeros(3), torch.eye(3))
+    torch.manual_seed(0)
+    build = functools.partial(fs.build_maf, hidden_features=32, num_transforms=3, seed=0)
+    inference = NPE(prior, density_estimator=build, show_progress_bars=False)
+    proposal, kls = prior, []
+    for _ in range(2):
+        theta = proposal.sample((500,))
+        x = theta + NOISE * torch.randn_like(theta)
+        with contextlib.redirect_stdout(io.StringIO()):
+            inference.append_simulations(theta, x, proposal=proposal).train(max_num_epochs=30,
+                                                                              training_batch_size=100)
+        proposal = inference.build_posterior().set_default_x(x_o[None])
+        kls.append(_kl_true_to(proposal, x_o))
+    assert kls[1] < 0.15 and kls[1] < kls[0] / 3, kls
+
+
 def test_an_embedding_net_trains_and_summarises_a_high_dimensional_condition():
     # x: 20 noisy copies of theta, (20, 3); a linear summary to 3 numbers can learn the mean, a frozen one cannot
     generator = torch.Generator().manual_seed(1)
