@@ -1,5 +1,5 @@
 """Data-parallel training (flowkit.distributed and fit under torchrun): real gloo process groups of two
-processes, started by these tests with torchrun's environment, against one process on the same data.
+processes (four for a resume), started by these tests with torchrun's environment, against one process on the same data.
 
 Run as a script (``python tests/test_distributed.py CASE FOLDER``) this file is the worker of one rank.
 """
@@ -76,6 +76,14 @@ def _work(case: str, folder: Path) -> None:
                       checkpoint=folder / f"maf-{rank}.pt", **MAF_OPTIONS)
         results["maf"] = dict(history=history.to_dict(), test=evaluate(model, (x[64:], context[64:])))
         torch.save(model.state_dict(), folder / f"maf-state-{rank}.pt")
+    elif case == "resume":  # continue the two-rank checkpoints {name}.pt (in folder) on this world size
+        data = _binary()
+        for name, options in (("made", MADE_OPTIONS), ("uneven", UNEVEN_OPTIONS)):
+            model = _made()
+            history = fit(model, data[:80], data[80:], checkpoint=folder / f"{name}.pt", resume=True,
+                          **{**options, "epochs": 4})
+            results[name] = dict(history=history.to_dict())
+            torch.save(model.state_dict(), folder / f"{name}-state-{rank}.pt")
     (folder / f"results-{rank}.json").write_text(json.dumps(results))
 
 
@@ -189,6 +197,21 @@ def test_a_two_rank_run_resumes_in_one_process_and_on_two_to_the_uninterrupted_r
         state = torch.load(two_ranks / f"{name}-more-state-{rank}.pt", weights_only=True)
         _assert_close_models(state, straight.state_dict())
     assert not (two_ranks / f"{name}-more-1.pt").exists()
+
+
+def test_a_two_rank_run_resumes_on_four_ranks_to_the_uninterrupted_run(two_ranks, tmp_path):
+    # the world grows from 2 to 4: the global minibatch (16, or 15 in pieces of 4, 4, 4, 3) stays
+    data = _binary()
+    for name in ("made", "uneven"):
+        shutil.copy(two_ranks / f"{name}-0.pt", tmp_path / f"{name}.pt")
+    launch([sys.executable, str(HERE), "resume", str(tmp_path)], tmp_path, world=4)
+    for name, options in (("made", MADE_OPTIONS), ("uneven", UNEVEN_OPTIONS)):
+        straight = _made()
+        expected = fit(straight, data[:80], data[80:], **{**options, "epochs": 4})
+        for rank in range(4):
+            _assert_close_histories(_results(tmp_path, rank)[name]["history"], expected.to_dict())
+            state = torch.load(tmp_path / f"{name}-state-{rank}.pt", weights_only=True)
+            _assert_close_models(state, straight.state_dict())
 
 
 def test_flowkit_fit_under_two_ranks_writes_one_run_and_prints_once(tmp_path):
