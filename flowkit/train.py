@@ -23,7 +23,7 @@ from flowkit.atomic import atomic_path, load_torch, save_torch
 from flowkit.density import Density
 from flowkit.errors import FileProblem, FlowkitTypeError, FlowkitValueError
 from flowkit.made import MADE
-from flowkit.transforms.normalization import set_population_statistics
+from flowkit.transforms.normalization import BatchNorm, set_population_statistics
 from flowkit.validation import check_float, check_int, check_option
 
 __all__ = ["History", "fit", "evaluate", "check_resume"]
@@ -280,10 +280,11 @@ class _Loss(nn.Module):
         self.device_type, self.dtype = device.type, PRECISIONS[precision]
         self.hooks = [] if precision == "fp32" else [
             module.register_forward_hook(_float32_output) for module in model.modules() if isinstance(module, MADE)]
+        self.synced: list[BatchNorm] = []  # batch-norm layers whose statistics span the ranks, while training
 
     def forward(self, x: Tensor, context: Tensor | None, scale: float | None = None) -> Tensor:
-        if scale is not None and len(x) == 0:  # an empty piece still takes part in the gradient average
-            return sum((parameter * 0).sum() for parameter in self.model.parameters())
+        if scale is not None and len(x) == 0 and not self.synced:  # an empty piece still takes part in the
+            return sum((parameter * 0).sum() for parameter in self.model.parameters())  # gradient average
         with (contextlib.nullcontext() if self.dtype == torch.float32
               else torch.autocast(self.device_type, dtype=self.dtype)):
             log_prob = self.model.log_prob(x, context)
@@ -291,9 +292,18 @@ class _Loss(nn.Module):
             log_prob = log_prob.float()
         return -log_prob.mean() if scale is None else -log_prob.sum() * scale
 
+    def sync_batch_norm(self) -> None:
+        """Makes every :class:`~flowkit.transforms.BatchNorm` of the model use the global minibatch's statistics."""
+        self.synced = [module for module in self.model.modules() if isinstance(module, BatchNorm) and not module.sync]
+        for module in self.synced:
+            module.sync = True
+
     def remove_hooks(self) -> None:
+        """Undoes what this loss did to the model: the precision hooks, batch norm's synchronisation."""
         for hook in self.hooks:
             hook.remove()
+        for module in self.synced:
+            module.sync = False
 
 
 def _float32_output(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
@@ -306,10 +316,12 @@ def _parallel(loss: _Loss, model: nn.Module, device: torch.device) -> nn.Module:
     The wrapper broadcasts rank 0's weights and buffers once (a model built with ``seed=None``
     gets rank 0's masks everywhere); after that only gradients travel: masks, orderings and the mask
     index change alike on every rank, and batch norm's running averages are sent after each epoch
-    (:func:`flowkit.distributed.sync_buffers`).
+    (:func:`flowkit.distributed.sync_buffers`). Batch norm's training statistics are the global
+    minibatch's (:attr:`flowkit.transforms.BatchNorm.sync`).
     """
     if not distributed.active():
         return loss
+    loss.sync_batch_norm()
     from torch.nn.parallel import DistributedDataParallel
 
     # rank 0's buffers are sent once, at the start, not before every forward pass

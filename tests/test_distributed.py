@@ -27,6 +27,8 @@ ROOT = HERE.parents[1]
 MADE_OPTIONS = dict(epochs=2, batch_size=16, lr=1e-2, patience=5)
 UNEVEN_OPTIONS = dict(epochs=2, batch_size=15, lr=1e-2, masks="fresh", ensemble=2)  # pieces of 8 and 7, last 10
 MAF_OPTIONS = dict(epochs=2, batch_size=16, lr=1e-2, clip=5.0, lr_schedule="cosine")
+BN_OPTIONS = dict(epochs=2, batch_size=15, lr=1e-2)  # pieces of 8 and 7 on two ranks
+TINY_BN_OPTIONS = dict(epochs=1, batch_size=3, lr=1e-2)  # pieces of 1, 1, 1 and 0 rows on four ranks
 
 
 def _binary() -> torch.Tensor:
@@ -44,8 +46,8 @@ def _conditional() -> tuple[torch.Tensor, torch.Tensor]:
                                                                           dtype=torch.float64), context
 
 
-def _maf() -> flowkit.Flow:
-    return flowkit.MAF(3, 2, [16], context_features=2, seed=0).double()
+def _maf(**options) -> flowkit.Flow:
+    return flowkit.MAF(3, 2, [16], context_features=2, seed=0, **options).double()
 
 
 # ---------------------------------------------------------------- the worker of one rank
@@ -76,6 +78,10 @@ def _work(case: str, folder: Path) -> None:
                       checkpoint=folder / f"maf-{rank}.pt", **MAF_OPTIONS)
         results["maf"] = dict(history=history.to_dict(), test=evaluate(model, (x[64:], context[64:])))
         torch.save(model.state_dict(), folder / f"maf-state-{rank}.pt")
+        model = _maf(batch_norm=True)
+        history = fit(model, (x[:64], context[:64]), (x[64:], context[64:]), **BN_OPTIONS)
+        results["bn"] = dict(history=history.to_dict())
+        torch.save(model.state_dict(), folder / f"bn-state-{rank}.pt")
     elif case == "resume":  # continue the two-rank checkpoints {name}.pt (in folder) on this world size
         data = _binary()
         for name, options in (("made", MADE_OPTIONS), ("uneven", UNEVEN_OPTIONS)):
@@ -84,6 +90,10 @@ def _work(case: str, folder: Path) -> None:
                           **{**options, "epochs": 4})
             results[name] = dict(history=history.to_dict())
             torch.save(model.state_dict(), folder / f"{name}-state-{rank}.pt")
+        x, context = _conditional()
+        model = _maf(batch_norm=True)
+        fit(model, (x[:24], context[:24]), **TINY_BN_OPTIONS)
+        torch.save(model.state_dict(), folder / f"tiny-bn-state-{rank}.pt")
     (folder / f"results-{rank}.json").write_text(json.dumps(results))
 
 
@@ -170,6 +180,18 @@ def test_two_ranks_take_the_steps_of_one_process_for_a_conditional_maf(two_ranks
     _assert_close_histories(_results(two_ranks, 1)["maf"]["history"], history.to_dict())
 
 
+def test_two_ranks_take_the_steps_of_one_process_for_a_maf_with_batch_norm(two_ranks):
+    # batch norm's training statistics are the global minibatch's, every rank's piece together
+    x, context = _conditional()
+    single = _maf(batch_norm=True)
+    history = fit(single, (x[:64], context[:64]), (x[64:], context[64:]), **BN_OPTIONS)
+    states = [torch.load(two_ranks / f"bn-state-{rank}.pt", weights_only=True) for rank in (0, 1)]
+    _assert_close_models(states[0], single.state_dict())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    _assert_close_histories(_results(two_ranks, 1)["bn"]["history"], history.to_dict())
+    assert not any(module.sync for module in single.modules() if isinstance(module, flowkit.transforms.BatchNorm))
+
+
 def test_only_rank_0_writes_checkpoints_and_logs(two_ranks):
     for name in ("made", "uneven", "maf"):
         assert (two_ranks / f"{name}-0.pt").is_file() and not (two_ranks / f"{name}-1.pt").exists()
@@ -212,6 +234,11 @@ def test_a_two_rank_run_resumes_on_four_ranks_to_the_uninterrupted_run(two_ranks
             _assert_close_histories(_results(tmp_path, rank)[name]["history"], expected.to_dict())
             state = torch.load(tmp_path / f"{name}-state-{rank}.pt", weights_only=True)
             _assert_close_models(state, straight.state_dict())
+    x, context = _conditional()  # batch norm over pieces of 1, 1, 1 and 0 rows: the empty piece takes part
+    single = _maf(batch_norm=True)
+    fit(single, (x[:24], context[:24]), **TINY_BN_OPTIONS)
+    for rank in range(4):
+        _assert_close_models(torch.load(tmp_path / f"tiny-bn-state-{rank}.pt", weights_only=True), single.state_dict())
 
 
 def test_flowkit_fit_under_two_ranks_writes_one_run_and_prints_once(tmp_path):

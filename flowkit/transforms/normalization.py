@@ -24,6 +24,12 @@ class BatchNorm(Transform):
     then the exact inverse of ``forward``. ``inverse`` always uses the running averages. A feature
     with zero variance stays finite through :math:`\epsilon`.
 
+    With ``sync = True`` and a :mod:`torch.distributed` process group, the training statistics are
+    those of the global minibatch, every rank's piece together (one differentiable all-reduce of
+    the counts, sums and squares per layer, as :class:`torch.nn.SyncBatchNorm`), so that data-parallel
+    training takes the steps of one process. :func:`flowkit.train.fit` sets it while it trains
+    across ranks; every rank must then run each training forward pass, an empty piece included.
+
     Arguments:
         features: the number of features.
         eps: added to the variance.
@@ -46,6 +52,7 @@ class BatchNorm(Transform):
         self.beta = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_var", torch.ones(features))
+        self.sync = False
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("x", x, self.features)
@@ -53,15 +60,18 @@ class BatchNorm(Transform):
         x = x.to(self.log_gamma.dtype)
         if self.training:
             flat = x.reshape(-1, self.features)
-            if flat.shape[0] < 2:
+            if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+                mean, var, count = self._global_moments(flat)
+            else:
+                mean, var, count = flat.mean(0), flat.var(0, unbiased=False), flat.shape[0]
+            if count < 2:
                 raise FlowkitValueError(
-                    f"BatchNorm in training mode needs a batch of at least 2 examples, got {flat.shape[0]}"
+                    f"BatchNorm in training mode needs a batch of at least 2 examples, got {count}"
                 )
-            mean, var = flat.mean(0), flat.var(0, unbiased=False)
             with torch.no_grad():
                 # A batch whose statistics overflow (values near the dtype's largest) leaves the
                 # running averages of those features as they were, so the layer stays usable.
-                fresh_mean, fresh_var = mean.detach(), flat.var(0, unbiased=True).detach()
+                fresh_mean, fresh_var = mean.detach(), var.detach() * (count / (count - 1))
                 usable = fresh_mean.isfinite() & fresh_var.isfinite()
                 self.running_mean.copy_(torch.where(usable, self.running_mean.lerp(fresh_mean, self.momentum),
                                                     self.running_mean))
@@ -72,6 +82,22 @@ class BatchNorm(Transform):
         y = (x - mean) / torch.sqrt(var + self.eps) * torch.exp(self.log_gamma) + self.beta
         logabsdet = (self.log_gamma - 0.5 * torch.log(var + self.eps)).sum()
         return y, logabsdet.expand(x.shape[:-1])
+
+    def _global_moments(self, flat: Tensor) -> tuple[Tensor, Tensor, int]:
+        """The mean, biased variance and count of the rows of every rank, differentiable: sums of
+        the rows and their squares about the running mean (the same on every rank), all-reduced."""
+        from torch.distributed.nn.functional import all_reduce
+
+        centre = self.running_mean.to(flat.dtype)
+        centred = flat - centre
+        local = torch.cat([centred.new_full((1,), flat.shape[0]), centred.sum(0), centred.square().sum(0)])
+        total = all_reduce(local)
+        count = int(total[0].item())
+        if count < 2:
+            return flat.mean(0), flat.var(0, unbiased=False), count
+        offset = total[1:1 + self.features] / count
+        var = (total[1 + self.features:] / count - offset.square()).clamp_min(0)
+        return centre + offset, var, count
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("y", y, self.features)
