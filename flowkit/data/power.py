@@ -108,15 +108,22 @@ def preprocess_power(values: np.ndarray, minutes: np.ndarray, *, seed: int = 0) 
     return splits, counts
 
 
-def load_power(*, seed: int = 0) -> Splits:
+def load_power(*, seed: int = 0, memmap: bool = False) -> Splits:
     """POWER after :func:`preprocess_power`: float32 splits of ``D = 6`` features, :data:`FEATURES`.
 
     With the real file: 2,049,258 rows kept (the MAF paper reports 2,049,280: it dropped the 25,979
     rows marked missing in the UCI original, here 22 more rows happen to equal their day-before row),
     split 1,659,900 / 184,433 / 204,925. The raw CSV and the processed arrays (per ``seed``) are
     cached in :func:`~flowkit.data.fetch.cache_dir`.
+
+    With ``memmap=True`` the parts are :class:`~flowkit.data.MemmapDataset` views of one cached
+    ``.npy`` file (the training, validation and test rows in turn, the same values), read as they
+    are asked for: the path of a data file larger than memory, which :func:`flowkit.train.fit` and
+    :func:`~flowkit.train.evaluate` take as they take tensors.
     """
     seed = check_int("seed", seed, least=0)
+    if memmap:
+        return _power_views(seed)
     target = cache_dir() / f"power-seed{seed}-{POWER_SHA256[:12]}.npz"
     if target.is_file():
         try:  # a damaged cache (a derived file) is computed again below
@@ -130,3 +137,33 @@ def load_power(*, seed: int = 0) -> Splits:
         with open(partial, "wb") as file:
             np.savez(file, **{part: x.numpy() for part, x in zip(Splits._fields, splits)})
     return splits
+
+
+def _power_views(seed: int) -> Splits:
+    """The memory-mapped splits of :func:`load_power`, writing their ``.npy`` file once."""
+    target = cache_dir() / f"power-seed{seed}-{POWER_SHA256[:12]}.npy"
+    if target.is_file():
+        try:  # a damaged cache (a derived file) is written again below
+            return _views(target)
+        except (FileProblem, FlowkitValueError, OSError, ValueError):
+            pass
+    splits = load_power(seed=seed)
+    with atomic_path(target) as partial:
+        with open(partial, "wb") as file:
+            np.save(file, np.concatenate([part.numpy() for part in splits]))
+    return _views(target)
+
+
+def _views(path: os.PathLike | str) -> Splits:
+    """Train, validation and test views of the rows of ``path``, cut as :func:`preprocess_power` cuts."""
+    from flowkit.data.memmap import MemmapDataset
+
+    data = MemmapDataset(path)
+    if data.features != len(FEATURES) or data.shape[0] < 100:
+        raise FlowkitValueError(f"expected a POWER array of shape (N, {len(FEATURES)}), got {tuple(data.shape)}")
+    n = len(data)
+    n_test = n // 10
+    n_valid = (n - n_test) // 10
+    n_train = n - n_test - n_valid
+    return Splits(data.view(range(n_train)), data.view(range(n_train, n_train + n_valid)),
+                  data.view(range(n_train + n_valid, n)))
