@@ -14,12 +14,13 @@ Three tasks, each estimator trained by sbi's trainer with its defaults (Adam at 
 
 Every fit reports training time, epochs, held-out log-probability (2000 fresh pairs) and the time to
 draw 100k posterior samples at one observation (NPE: ``posterior.sample``, which rejects draws outside
-the prior; MNLE: 100k draws of x from the likelihood estimator, since its posterior needs MCMC).
-Writes ``experiments/results/sbi_benchmark.json`` and ``.md``. The default run took 24 minutes of wall
-time on our shared 2-core machine while other jobs kept its load average near 8 (one torch thread).
+the prior; MNLE: 100k draws of x from the likelihood estimator, since its posterior needs MCMC), the
+median of three calls. Scores are reported as means over the seeds, timings as medians.
+Writes ``experiments/results/sbi_benchmark.json`` and ``.md``. The default run took about 12 minutes of
+wall time on our shared 2-core machine while two trainings ran beside it (one torch thread).
 
-    python experiments/sbi_benchmark.py             # 2 seeds, 2000 simulations a task: 24 min (see below)
-    python experiments/sbi_benchmark.py --seeds 1   # half of it
+    python experiments/sbi_benchmark.py             # 3 seeds, 2000 simulations a task: about 12 min
+    python experiments/sbi_benchmark.py --seeds 1   # a third of it
     python experiments/sbi_benchmark.py --quick     # a smoke run, seconds
     python experiments/sbi_benchmark.py --report    # only rewrite the .md from the .json
 """
@@ -118,10 +119,14 @@ def train(trainer, prior, build, theta, x, seed, max_epochs):
     return inference, estimator, time.perf_counter() - start
 
 
-def timed(function):
-    start = time.perf_counter()
-    value = function()
-    return value, time.perf_counter() - start
+def timed(function, repeats=3):
+    """The value of ``function()`` and the median of ``repeats`` timings of it (seconds)."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = function()
+        seconds.append(time.perf_counter() - start)
+    return value, statistics.median(seconds)
 
 
 def npe_scores(task, inference, estimator, test, x_o, draws):
@@ -181,12 +186,14 @@ COLUMNS = [("train_seconds", "train s", "{:.1f}"), ("epochs", "epochs", "{:.0f}"
            ("epoch_seconds", "s / epoch", "{:.2f}"), ("held_out_log_prob", "held-out log q", "{:.3f}"),
            ("kl", "KL(p‖q)", "{:.4f}"), ("c2st", "C2ST", "{:.3f}"), ("likelihood_gap", "likelihood gap", "{:.4f}"),
            ("sample_seconds", "100k samples s", "{:.2f}")]
+TIMINGS = ("train_seconds", "epoch_seconds", "sample_seconds")
 
 
 def report(results) -> str:
     lines = ["# flowkit.sbi against sbi's estimators", "",
              f"`{results['command']}`: {results['seeds']} seed(s), one torch thread, sbi {results['sbi']}, "
-             f"torch {results['torch']}. Means over the seeds (the JSON holds every run). sbi's trainer and "
+             f"torch {results['torch']}. Scores are means over the seeds, timings medians (each sampling time "
+             "the median of three calls); the JSON holds every run. sbi's trainer and "
              "defaults for everyone (batch 200, Adam 5e-4, early stopping after 20 epochs, at most "
              f"{results['max_epochs']} epochs); each estimator with its builder's defaults (hidden 50, "
              "5 layers, 10 bins for splines). Timings come from a shared 2-core machine and move between runs.", "",
@@ -202,7 +209,8 @@ def report(results) -> str:
         rows = []
         for name, runs in entry["runs"].items():
             runs = [run | {"epoch_seconds": run["train_seconds"] / run["epochs"]} for run in runs]
-            rows.append([name, *(c[2].format(statistics.mean(run[c[0]] for run in runs)) for c in shown)])
+            rows.append([name, *(c[2].format((statistics.median if c[0] in TIMINGS else statistics.mean)(
+                run[c[0]] for run in runs)) for c in shown)])
         lines += [f"## {task.replace('_', ' ')} ({entry['simulations']} simulations)", "",
                   markdown_table(["estimator", *(c[1] for c in shown)], rows), ""]
     return "\n".join(lines)
@@ -210,7 +218,7 @@ def report(results) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check that the script works")
     parser.add_argument("--tasks", nargs="+", default=["gaussian_linear", "two_moons", "choices_and_times"])
