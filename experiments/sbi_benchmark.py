@@ -16,11 +16,11 @@ Every fit reports training time, epochs, held-out log-probability (2000 fresh pa
 draw 100k posterior samples at one observation (NPE: ``posterior.sample``, which rejects draws outside
 the prior; MNLE: 100k draws of x from the likelihood estimator, since its posterior needs MCMC), the
 median of three calls. Scores are reported as means over the seeds, timings as medians.
-Writes ``experiments/results/sbi_benchmark.json`` and ``.md``. The default run took about 12 minutes of
-wall time on our shared 2-core machine while two trainings ran beside it (one torch thread).
+Writes ``experiments/results/sbi_benchmark.json`` and ``.md``. The default run took 36 minutes of
+wall time on our shared 2-core machine while three trainings ran beside it (one torch thread).
 
-    python experiments/sbi_benchmark.py             # 3 seeds, 2000 simulations a task: about 12 min
-    python experiments/sbi_benchmark.py --seeds 1   # a third of it
+    python experiments/sbi_benchmark.py             # 6 seeds, 2000 simulations a task: 36 min
+    python experiments/sbi_benchmark.py --seeds 1   # a sixth of it
     python experiments/sbi_benchmark.py --quick     # a smoke run, seconds
     python experiments/sbi_benchmark.py --report    # only rewrite the .md from the .json
 """
@@ -218,7 +218,7 @@ def report(results) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="tiny runs, to check that the script works")
     parser.add_argument("--tasks", nargs="+", default=["gaussian_linear", "two_moons", "choices_and_times"])

@@ -337,8 +337,8 @@ def build_maf(batch_input: Tensor, batch_condition: Tensor, *, transformer: str 
         residual_blocks: masked residual blocks of the MADE (:class:`flowkit.MADE`); by default 2
             for the spline (the conditioner of sbi's ``nsf`` and of the NSF paper, a residual net of
             two blocks; on the two moons of ``experiments/sbi_benchmark.py`` the held-out
-            log-density of the spline MAF was 3.05 without them, two seeds, and is 3.20 with them,
-            three seeds, sbi's ``nsf`` 3.07) and none for the affine layers (sbi's ``maf``).
+            log-density of the spline MAF was 3.05 without them, two seeds, and is 3.22 with them,
+            six seeds, sbi's ``nsf`` 3.07) and none for the affine layers (sbi's ``maf``).
         z_score_x: ``"independent"`` (each feature by its own mean and standard deviation),
             ``"structured"`` (one of each for all features) or ``"none"``: a fixed
             :class:`~flowkit.transforms.Standardize`, the flow's first layer, with its log-determinant.
@@ -430,9 +430,9 @@ def build_mnle(batch_input: Tensor, batch_condition: Tensor, *,
         num_components: the mixture components of every continuous conditional.
         residual_blocks: masked residual blocks of the MADE, 2 by default (on the choices-and-times
             task of ``experiments/sbi_benchmark.py`` they took the likelihood gap from 0.048 to 0.041
-            nats, the mean of its three seeds; with 3 mixture components 0.038 there, but 0.045
-            against 0.041 on three further seeds; 8 components or 64 hidden units did no better);
-            0 for a MADE of ``hidden_features`` layers.
+            nats, the mean of its seeds 0 to 2; with 3 mixture components 0.038 there, but 0.045
+            against 0.041 on seeds 3 to 5; 8 components or 64 hidden units did no better); 0 for a
+            MADE of ``hidden_features`` layers.
         log_transform_x: model the continuous columns as log-normal mixtures (positive values).
         z_score_x: the continuous columns' z-scoring (a :class:`~flowkit.transforms.Standardize`
             before the MADE that leaves the discrete columns as they are); with
