@@ -42,6 +42,10 @@ class BatchNorm(Transform):
         True
     """
 
+    sync: bool = False
+    """Training statistics over every rank's piece (see above); a class default, so that a layer
+    pickled before the attribute existed loads with it off."""
+
     def __init__(self, features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         features = check_int("features", features, least=1)
@@ -52,7 +56,6 @@ class BatchNorm(Transform):
         self.beta = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_var", torch.ones(features))
-        self.sync = False
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("x", x, self.features)
