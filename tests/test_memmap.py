@@ -157,16 +157,22 @@ def test_the_messages_and_kinds_of_load_file(tmp_path):
         load_memmap(tmp_path / "real.npy", kind="categorical")
 
 
+def _same_refusal(path) -> str:
+    """The message with which both loaders, streaming and in memory, refuse ``path`` (the same one)."""
+    with pytest.raises(FlowkitError) as streamed:
+        load_memmap(path)
+    with pytest.raises(FlowkitError) as loaded:
+        load_file(path)
+    assert str(streamed.value) == str(loaded.value)
+    return str(streamed.value)
+
+
 def test_a_constant_continuous_column_is_refused_as_load_file_does(tmp_path):
     x = np.random.default_rng(3).normal(size=(100, 4))
     x[:, 1], x[:, 3] = 0.5, -2.0
     np.save(tmp_path / "constant.npy", x)
-    with pytest.raises(FlowkitError) as streamed:
-        load_memmap(tmp_path / "constant.npy")
-    with pytest.raises(FlowkitError) as loaded:
-        load_file(tmp_path / "constant.npy")
-    assert str(streamed.value) == str(loaded.value)
-    assert "column 1 of constant.npy is constant (every value is 0.5) and so are 1 more" in str(streamed.value)
+    message = _same_refusal(tmp_path / "constant.npy")
+    assert "column 1 of constant.npy is constant (every value is 0.5) and so are 1 more" in message
 
 
 def test_a_nan_in_a_middle_chunk_is_named_by_its_row(tmp_path, monkeypatch):
@@ -174,12 +180,7 @@ def test_a_nan_in_a_middle_chunk_is_named_by_its_row(tmp_path, monkeypatch):
     x[613, 2], x[700, 0], x[999, 1] = np.nan, np.inf, np.nan
     np.save(tmp_path / "nan.npy", x)
     monkeypatch.setattr("flowkit.data.memmap.CHUNK_ELEMENTS", 300)  # 100 rows a chunk: row 613 is in the 7th
-    with pytest.raises(FlowkitError) as streamed:
-        load_memmap(tmp_path / "nan.npy")
-    with pytest.raises(FlowkitError) as loaded:
-        load_file(tmp_path / "nan.npy")
-    assert str(streamed.value) == str(loaded.value)
-    assert "got 3 NaN or inf, the first nan at row 613, column 2" in str(streamed.value)
+    assert "got 3 NaN or inf, the first nan at row 613, column 2" in _same_refusal(tmp_path / "nan.npy")
 
 
 @pytest.mark.parametrize("content,error,expected", [
