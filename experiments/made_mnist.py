@@ -51,17 +51,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
-# (name, hidden widths, masks): Figure 2 first, then the two-layer rows
-RUNS = [*((f"1x500-m{r}", [500], r) for r in (1, 2, 4, 8, 16, 32)),
-        ("2x500-m1", [500, 500], 1), ("2x500-m32", [500, 500], 32)]
+# (name, hidden widths, masks, order-agnostic): Figure 2 first (mR: a random ordering and connectivity per
+# mask set, the authors' "Full" shuffling; cR: connectivity only, the natural order in every set), then the
+# two-layer rows
+RUNS = [*((f"1x500-m{r}", [500], r, r > 1) for r in (1, 2, 4, 8, 16, 32)),
+        *((f"1x500-c{r}", [500], r, False) for r in (2, 4, 8, 16, 32)),
+        ("2x500-m1", [500, 500], 1, False), ("2x500-m32", [500, 500], 32, True)]
 ANCHORS = {"1x500-m1": ("about 94.5", "Figure 2, 1 x 500"),
            "2x500-m1": ("89.59", "Table 6, 2 x 8000"), "2x500-m32": ("86.64", "Table 6, 2 x 8000")}
 RESULTS = Path(__file__).parent / "results"
 
 
-def build(hidden: list[int], masks: int) -> flowkit.BernoulliMADE:
+def build(hidden: list[int], masks: int, order_agnostic: bool) -> flowkit.BernoulliMADE:
     torch.manual_seed(0)
-    return flowkit.BernoulliMADE(784, hidden, num_masks=masks, order_agnostic=masks > 1, direct=True, seed=0)
+    return flowkit.BernoulliMADE(784, hidden, num_masks=masks, order_agnostic=order_agnostic, direct=True, seed=0)
 
 
 def finish(model, folder: Path, splits, masks: int) -> dict:
@@ -95,11 +98,11 @@ def main() -> None:
     splits = binarized_mnist(seed=0)
     selected = [run for run in RUNS if args.only is None or run[0] in args.only]
 
-    for name, hidden, masks in selected:
+    for name, hidden, masks, order_agnostic in selected:
         folder = runs_dir / name
         if (folder / "result.json").exists() or time.time() >= deadline:
             continue
-        model = build(hidden, masks)
+        model = build(hidden, masks, order_agnostic)
         if advance(model, splits.train, splits.valid, folder, deadline, **recipe(args, masks)):
             print(name, json.dumps(finish(model, folder, splits, masks)), flush=True)
         else:
@@ -131,12 +134,13 @@ def categorical_run(folder: Path, args, deadline: float) -> None:
 
 def report(runs_dir: Path, out: Path, splits, args) -> None:
     results = {"command": "python experiments/made_mnist.py", "runs": {}}
-    for name, hidden, masks in RUNS:
+    for name, hidden, masks, order_agnostic in RUNS:
         folder = runs_dir / name
         log = curve(folder)
         if not log:
             continue
-        entry = {"hidden": hidden, "masks": masks, "curve": [[r["epoch"], r["train_nll"], r["valid_nll"]] for r in log]}
+        entry = {"hidden": hidden, "masks": masks, "order_agnostic": order_agnostic,
+                 "curve": [[r["epoch"], r["train_nll"], r["valid_nll"]] for r in log]}
         result = folder / "result.json"
         entry.update(json.loads(result.read_text()) if result.exists() else unfinished(folder))
         results["runs"][name] = entry
@@ -146,10 +150,10 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     write_json(out / "made_mnist.json", results)
     write_text(out / "made_mnist.md", table(results))
     figure(results, out)
-    name, hidden, masks = RUNS[0]  # Figure 3: samples of the one-mask 1x500 model
+    name, hidden, masks, order_agnostic = RUNS[0]  # Figure 3: samples of the one-mask 1x500 model
     one = runs_dir / name
     if (one / "result.json").exists():
-        model = build(hidden, masks)
+        model = build(hidden, masks, order_agnostic)
         restore_best(model, one)
         samples = model.sample(10, generator=torch.Generator().manual_seed(0))
         nearest = splits.train[torch.cdist(samples, splits.train).argmin(dim=1)]
@@ -163,14 +167,16 @@ def table(results: dict) -> str:
     for name, r in results["runs"].items():
         anchor, where = ANCHORS.get(name, ("", ""))
         done = r.get("finished", True)
-        cells = [name, " x ".join(map(str, r["hidden"])), str(r["masks"]), f"{anchor} ({where})" if anchor else "",
+        orderings = "one per mask set" if r.get("order_agnostic", r["masks"] > 1) else "natural only"
+        cells = [name, " x ".join(map(str, r["hidden"])), str(r["masks"]), orderings,
+                 f"{anchor} ({where})" if anchor else "",
                  f"{r['test_nll_one_mask']:.2f} ± {r['test_nll_one_mask_se']:.2f}" if done else "still training",
                  f"{r['test_nll_ensemble']:.2f} ± {r['test_nll_ensemble_se']:.2f}" if "test_nll_ensemble" in r else "",
                  f"{r['best_valid_nll']:.2f}", f"{r['epochs']}" + (f" ({r['best_epoch']})" if done else " so far"),
                  f"{r['seconds'] / 60:.0f} min"]
         rows.append(cells)
-    header = ["run", "hidden", "masks", "published anchor (architecture)", "test NLL, mask 0", "test NLL, ensemble",
-              "best valid NLL", "epochs (best)", "train time"]
+    header = ["run", "hidden", "masks", "orderings", "published anchor (architecture)", "test NLL, mask 0",
+              "test NLL, ensemble", "best valid NLL", "epochs (best)", "train time"]
     text = markdown_table(header, rows) + "\n"
     c = results.get("categorical")
     if c:
@@ -182,11 +188,16 @@ def table(results: dict) -> str:
 
 def figure(results: dict, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    one_layer = [r for name, r in results["runs"].items() if name.startswith("1x500")]
-    finished = [r for r in one_layer if r.get("finished", True)]
-    if finished:
-        left.plot([r["masks"] for r in finished],
-                  [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in finished], "o-", label="ours, test")
+    runs = results["runs"]
+    for prefix, label in [("1x500-m", "ours, order- and connectivity-agnostic"),
+                          ("1x500-c", "ours, connectivity only")]:
+        # both series start from the one-mask run
+        series = [r for name, r in runs.items() if (name.startswith(prefix) or name == "1x500-m1")
+                  and r.get("finished", True)]
+        if series:
+            series.sort(key=lambda r: r["masks"])
+            left.plot([r["masks"] for r in series],
+                      [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in series], "o-", label=label)
     left.axhline(94.5, color="grey", ls=":", label="paper, 1 mask (about)")
     left.set_xscale("log", base=2)
     left.set_xlabel("masks in training (ensemble at test)")

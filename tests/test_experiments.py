@@ -102,7 +102,8 @@ def _toy_splits(features, rows=(240, 60, 60), binary=False):
 def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkeypatch):
     made_mnist = _load("made_mnist")
     monkeypatch.setattr(made_mnist, "binarized_mnist", lambda seed: _toy_splits(784, binary=True))
-    monkeypatch.setattr(made_mnist, "RUNS", [("1x500-m1", [8], 1), ("1x500-m2", [8], 2)])
+    monkeypatch.setattr(made_mnist, "RUNS", [("1x500-m1", [8], 1, False), ("1x500-m2", [8], 2, True),
+                                                 ("1x500-c2", [8], 2, False)])
     argv = ["made_mnist.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--epochs", "3",
             "--patience", "2", "--threads", "1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--budget-minutes", "1e-9"])  # the deadline passes at once
@@ -114,6 +115,11 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     one, two = results["runs"]["1x500-m1"], results["runs"]["1x500-m2"]
     assert one["epochs"] <= 3 and len(one["curve"]) == one["epochs"] and "test_nll_ensemble" not in one
     assert two["test_nll_ensemble"] > 0 and two["test_nll_one_mask"] > 0
+    connectivity = results["runs"]["1x500-c2"]
+    assert connectivity["test_nll_ensemble"] > 0 and not connectivity["order_agnostic"]
+    natural = made_mnist.build([8], 2, False).made.orders  # connectivity only: every mask set in natural order
+    assert all(order.tolist() == list(range(784)) for order in natural)
+    assert any(order.tolist() != list(range(784)) for order in made_mnist.build([8], 2, True).made.orders)
     assert one["best_valid_nll"] == min(row[2] for row in one["curve"])
     table = (tmp_path / "out" / "made_mnist.md").read_text()
     assert "about 94.5 (Figure 2, 1 x 500)" in table and "still training" not in table
