@@ -300,6 +300,19 @@ def test_flowkit_fit_streams_power_under_the_memmap_threshold_of_user_files(tmp_
     assert isinstance(load_streaming("power", "maf", memmap=True)[0].train, MemmapDataset)  # a resumed run's split
 
 
+def test_the_registry_says_which_named_sets_stream_and_their_processed_size(monkeypatch):
+    from flowkit.cli.commands import load_streaming
+    from flowkit.cli.registry import DATA_SETS
+
+    streamed = {name for name, data in DATA_SETS.items() if data.stream is not None}
+    assert streamed == {"power"}
+    for name in streamed:  # the float32 rows of all three parts, what the threshold is compared with
+        assert DATA_SETS[name].nbytes == sum(DATA_SETS[name].sizes) * DATA_SETS[name].features * 4
+    monkeypatch.setenv("FLOWKIT_MEMMAP_BYTES", "0")
+    splits, info, _ = load_streaming("digits", "bernoulli")  # held in memory, whatever the threshold
+    assert isinstance(splits.train, torch.Tensor) and "split" not in info
+
+
 # the user's files
 
 

@@ -22,14 +22,12 @@ from flowkit.cli.errors import CommandError
 from flowkit.cli.registry import AUTOREGRESSIVE, DATA_SETS, FILE_SUFFIXES, english, fetchable, load_data
 from flowkit.cli.runs import RUN_FILES, _bits_per_dim, _complete, _read_config
 
-__all__ = ["MEMMAP_BYTES", "POWER_BYTES", "SAMPLE_ROWS", "load_streaming", "memmap_threshold", "run_complete",
+__all__ = ["MEMMAP_BYTES", "SAMPLE_ROWS", "load_streaming", "memmap_threshold", "run_complete",
            "run_data", "run_eval", "run_sample"]
 
 MEMMAP_BYTES = 128 << 20
 """``.npy`` files of at least this many bytes are read from the file as they are needed
 (:class:`flowkit.data.memmap.MemmapDataset`) instead of loaded whole; ``$FLOWKIT_MEMMAP_BYTES`` overrides it."""
-POWER_BYTES = 2_049_258 * 6 * 4
-"""The size of POWER's processed float32 rows, all three parts."""
 SAMPLE_ROWS = 8192
 """Samples drawn, and written, at a time by ``flowkit sample``."""
 
@@ -58,18 +56,20 @@ def load_streaming(name: str, model: str | None, *, memmap: bool | None = None, 
     needs the training rows as one tensor) binary files are loaded whole as before. For 2-D data
     the test part is held in memory (the density figure draws it).
 
-    POWER follows the same rule on the size of its processed rows (49 MB: in memory unless
-    ``$FLOWKIT_MEMMAP_BYTES`` is lower, or ``memmap=True``), read from one cached ``.npy`` file
-    (:func:`flowkit.data.load_power` with ``memmap=True``: the same rows either way).
+    A named data set that can be streamed (its :attr:`~flowkit.cli.registry.DataSet.stream`: POWER)
+    follows the same rule on the size of its processed rows (:attr:`~flowkit.cli.registry.DataSet.nbytes`,
+    49 MB for POWER: in memory unless ``$FLOWKIT_MEMMAP_BYTES`` is lower, or ``memmap=True``), read
+    from one cached ``.npy`` file (for POWER :func:`flowkit.data.load_power` with ``memmap=True``: the
+    same rows either way).
     """
     from flowkit.data.memmap import load_memmap, split_memmap
 
-    if name == "power" and memmap is not False and (memmap or POWER_BYTES >= memmap_threshold()):
-        from flowkit.data import load_power
-
-        splits = load_power(memmap=True)
-        info = dict(DATA_SETS[name].info("continuous"), features=splits.train.features, split="memmap")
-        return splits, info, "POWER, read from the file as needed"
+    named = DATA_SETS.get(name)
+    if named is not None and named.stream is not None and memmap is not False and \
+            (memmap or named.nbytes >= memmap_threshold()):
+        splits = named.stream()
+        info = dict(named.info(named.kinds[0]), features=splits.train.features, split="memmap")
+        return splits, info, f"{name}, read from the file as needed"
     path = Path(name)
     if memmap is None:
         memmap = path.suffix.lower() == ".npy" and path.is_file() and path.stat().st_size >= memmap_threshold()

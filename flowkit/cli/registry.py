@@ -95,6 +95,11 @@ class DataSet:
     """``bundled`` or ``generated``, for data without a source."""
     note: str | None = None
     """A remark for the ``--data`` help."""
+    stream: Callable[[], D.Splits] | None = None
+    """Its splits as views read from one cached file as needed (``MemmapDataset``), for data sets that
+    can be streamed; ``None`` for those held in memory only."""
+    nbytes: int = 0
+    """The bytes of its processed rows (float32), against which ``$FLOWKIT_MEMMAP_BYTES`` decides streaming."""
 
     def kind_for(self, model: str | None) -> str:
         """The kind to load for ``model``: the first kind it needs that this data comes in, else the first."""
@@ -139,7 +144,8 @@ DATA_SETS: dict[str, DataSet] = {data.name: data for data in (
             image=(28, 28), source=MNIST),
     DataSet("mnist", ("continuous",), (50000, 10000, 10000), 784, lambda kind: D.load_mnist(), image=(28, 28),
             source=MNIST, note="mnist is intensities in [0, 1)"),
-    DataSet("power", ("continuous",), (1659900, 184433, 204925), 6, lambda kind: D.load_power(), source=POWER),
+    DataSet("power", ("continuous",), (1659900, 184433, 204925), 6, lambda kind: D.load_power(), source=POWER,
+            stream=lambda: D.load_power(memmap=True), nbytes=2_049_258 * 6 * 4),
     *(_toy(name) for name in D.TOY),
 )}
 """The data sets by name, in the order the help and ``flowkit data list`` show them."""
