@@ -152,3 +152,26 @@ def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, 
     table = (tmp_path / "out" / "maf_power.md").read_text()
     assert "| MAF(5) | 0.14 | still training |" in table and "1 so far" in table
 
+
+
+def test_power_spline_recipe_counts_the_rows_beyond_each_bound(tmp_path, monkeypatch):
+    recipe = _load("power_spline_recipe")
+    splits = _toy_splits(6)
+    splits.test[:6, 2] = 4.0  # six test rows beyond a bound of 3, none beyond 15
+    monkeypatch.setattr(recipe, "load_power", lambda seed: splits)
+    monkeypatch.setattr(recipe, "HIDDEN", [8])
+    monkeypatch.setattr(sys, "argv", ["power_spline_recipe.py", "--out", str(tmp_path), "--only", "affine",
+                                      "spline, bound 3, LU", "spline, bound 15"])
+    threads = torch.get_num_threads()
+    try:
+        recipe.main()
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((tmp_path / "power_spline_recipe.json").read_text())["variants"]
+    assert set(results) == {"affine", "spline, bound 3, LU", "spline, bound 15"}
+    beyond = (splits.test.abs() > 3).any(dim=1).float().mean().item()
+    assert results["spline, bound 3, LU"]["test_rows_beyond_bound"] == beyond and beyond >= 6 / 60
+    assert results["affine"]["test_rows_beyond_bound"] is None
+    assert results["spline, bound 15"]["test_rows_beyond_bound"] == 0
+    assert all(math.isfinite(r["test_log_likelihood"]) and r["se"] > 0 for r in results.values())
+    assert "| spline, bound 3, LU |" in (tmp_path / "power_spline_recipe.md").read_text()
