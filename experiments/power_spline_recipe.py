@@ -13,12 +13,14 @@ same number of epochs of POWER's 1,659,900 training rows), one thread, and score
 test rows (log-likelihood, nats, higher is better). This is a recipe measurement at equal steps, not
 the converged Table 1 protocol of ``maf_power.py``.
 
-    python experiments/power_spline_recipe.py            # 1 epoch (3,243 steps) per variant
+    python experiments/power_spline_recipe.py                     # 1 epoch (3,243 steps) per variant
+    python experiments/power_spline_recipe.py --only "affine, LU"  # one variant; the others are kept
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -37,6 +39,7 @@ def variants() -> dict:
     spline = dict(transformer="spline", bins=8)
     return {
         "affine": dict(),
+        "affine, LU": dict(linear="lu"),
         "spline, bound 3": dict(spline, bound=3.0),
         "spline, bound 3, LU": dict(spline, bound=3.0, linear="lu"),
         "spline, bound 15": dict(spline, bound=15.0),
@@ -53,7 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_power(seed=0)
-    rows = {}
+    out = Path(args.out)
+    previous = out / "power_spline_recipe.json"
+    rows = {}  # with --only, the other variants of an earlier run of the same length are kept
+    if args.only is not None and previous.is_file() and json.loads(previous.read_text())["epochs"] == args.epochs:
+        rows = json.loads(previous.read_text())["variants"]
     for name, options in variants().items():
         if args.only is not None and name not in args.only:
             continue
@@ -69,7 +76,7 @@ def main() -> None:
         rows[name] = dict(options, test_log_likelihood=-nll, se=se, valid_log_likelihood=-min(history.valid_nll),
                           seconds=seconds, test_rows_beyond_bound=beyond)
         print(name, rows[name], flush=True)
-    out = Path(args.out)
+    rows = {name: rows[name] for name in variants() if name in rows}
     out.mkdir(parents=True, exist_ok=True)
     results = {"command": "python experiments/power_spline_recipe.py", "epochs": args.epochs,
                "steps": args.epochs * -(-len(splits.train) // 512), "hidden": HIDDEN, "layers": 5, "variants": rows}

@@ -314,6 +314,30 @@ def test_a_run_written_before_the_new_options_still_loads_and_resumes(tmp_path, 
     assert "linear None -> 'lu'" in one_error_line(capsys)
 
 
+def test_spline_flows_get_lu_layers_by_default_and_a_run_keeps_its_own(tmp_path, capsys):
+    from flowkit.cli import load_run
+    from flowkit.transforms.linear import LULinear
+
+    def lu_layers(run):
+        return sum(isinstance(m, LULinear) for m in load_run(str(run))[0].modules())
+
+    spline = fit_args(tmp_path / "spline", "--data", "two_moons", "--model", "spline", "--hidden", "8", "--layers", "2")
+    assert main([*spline, "--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "spline" / "config.json").read_text())["linear"] == "lu"
+    assert lu_layers(tmp_path / "spline") > 0
+    old = fit_args(tmp_path / "old", "--data", "two_moons", "--model", "spline", "--hidden", "8", "--layers", "2")
+    assert main([*old, "--epochs", "1", "--linear", "none"]) == 0  # as a spline run fitted before: no LU
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["linear"] is None
+    assert lu_layers(tmp_path / "old") == 0
+    assert main([*old, "--epochs", "2", "--resume"]) == 0  # no flag: keeps its own
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["linear"] is None
+    assert main([*old, "--epochs", "3", "--resume", "--linear", "lu"]) == 2
+    assert "linear None -> 'lu'" in one_error_line(capsys)
+    maf = fit_args(tmp_path / "maf", "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1")
+    assert main([*maf, "--epochs", "1"]) == 0
+    assert json.loads((tmp_path / "maf" / "config.json").read_text())["linear"] is None
+
+
 def test_the_direct_connection_is_on_by_default_for_discrete_models_and_a_run_keeps_its_own(tmp_path, capsys):
     from flowkit.cli import load_run
 

@@ -175,3 +175,11 @@ def test_power_spline_recipe_counts_the_rows_beyond_each_bound(tmp_path, monkeyp
     assert results["spline, bound 15"]["test_rows_beyond_bound"] == 0
     assert all(math.isfinite(r["test_log_likelihood"]) and r["se"] > 0 for r in results.values())
     assert "| spline, bound 3, LU |" in (tmp_path / "power_spline_recipe.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["power_spline_recipe.py", "--out", str(tmp_path), "--only", "affine, LU"])
+    try:
+        recipe.main()  # one more variant: the others are kept, in the script's order
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads((tmp_path / "power_spline_recipe.json").read_text())["variants"]
+    assert list(again) == ["affine", "affine, LU", "spline, bound 3, LU", "spline, bound 15"]
+    assert again["affine"] == results["affine"] and again["affine, LU"]["linear"] == "lu"

@@ -149,7 +149,7 @@ def _check_model_options(args: argparse.Namespace, model: str) -> None:
 def _check_out(args: argparse.Namespace, out: Path, config: dict[str, Any], splits: Any, options: dict[str, Any],
                notes: list[str]) -> str:
     """The state of ``--out`` (:func:`run_state`), once it allows this fit; with ``--resume``, also
-    checks the saved run and its checkpoint (and may keep the run's ``direct`` in ``config``)."""
+    checks the saved run and its checkpoint (and may keep the run's ``direct`` and ``linear`` in ``config``)."""
     from flowkit.train import check_resume
 
     state = run_state(out)
@@ -159,6 +159,8 @@ def _check_out(args: argparse.Namespace, out: Path, config: dict[str, Any], spli
         saved = _read_config(out)
         if args.direct is None:  # a run keeps the connection it was fitted with, whatever today's default
             config["direct"] = saved.get("direct", False)
+        if args.linear is None:  # and its linear layers (spline runs before LU became their default had none)
+            config["linear"] = saved.get("linear")
         changed = [key for key in ARCHITECTURE if saved.get(key) != config.get(key)]
         if changed:
             details = ", ".join(f"{key} {saved.get(key)!r} -> {config.get(key)!r}" for key in changed)
@@ -208,10 +210,19 @@ def _fit_config(args: argparse.Namespace, model_name: str, info: dict[str, Any])
         "order_agnostic": args.order_agnostic,
         "direct": model_name in DISCRETE_MODELS if args.direct is None else args.direct, "layers": args.layers,
         "components": args.components, "bins": args.bins, "seed": args.seed, "fresh_masks": args.fresh_masks,
-        "residual_blocks": args.residual_blocks, "dropout": args.dropout, "linear": args.linear, "bound": args.bound,
+        "residual_blocks": args.residual_blocks, "dropout": args.dropout, "linear": _linear(args, model_name),
+        "bound": args.bound,
         **info,
         "training": {key: getattr(args, key) for key in TRAINING},
     }
+
+
+def _linear(args: argparse.Namespace, model_name: str) -> str | None:
+    """The linear layer between the flow's layers: ``--linear``, else LU for spline flows (the tails, see
+    ``experiments/results/power_spline_recipe.md``) and none for the others."""
+    if args.linear is None:
+        return "lu" if model_name == "spline" else None
+    return None if args.linear == "none" else args.linear
 
 
 def _training_options(args: argparse.Namespace, ensemble: int | None) -> dict[str, Any]:

@@ -116,8 +116,11 @@ def _add_architecture(fit: argparse.ArgumentParser) -> None:
                      f"width (default {first_widths})")
     fit.add_argument("--dropout", type=float, default=0.0, metavar="P",
                      help="probability of dropping a hidden activation of every MADE in training, in [0, 1)")
-    fit.add_argument("--linear", choices=("lu",), default=None,
-                     help=f"lu: a learned LU-decomposed linear map between the layers of {english(FLOWS)}")
+    fit.add_argument("--linear", choices=("lu", "none"), default=None,
+                     help=f"lu: a learned LU-decomposed linear map between the layers of {english(FLOWS)}; none: "
+                     "without it; default lu for spline (it lets the spline reach the tails beyond its bound: on "
+                     "POWER at equal steps, test log-likelihood 0.32 with it, -0.45 without; "
+                     "experiments/power_spline_recipe.py), none for the others")
     fit.add_argument("--bound", type=float, default=None, metavar="B",
                      help="the spline acts on [-B, B] and is the identity outside (spline; default: the library's, 3)")
     fit.add_argument("--direct", action=argparse.BooleanOptionalAction, default=None,
