@@ -23,7 +23,7 @@ autoregressive layer (8 bins, tail bound 3) on a residual MADE (256 units, 2 res
 ``--nsf-epochs`` epochs of 3,243 steps). Its step costs 0.38 s on one CPU thread, so the table also has the
 same kind of flow at a CPU's size, ``NSF-style, small``: 5 steps of a random permutation, an LU-linear
 layer and the same RQ layer on a residual MADE of 128 units and 1 block, Adam at lr 1e-3 annealed
-(cosine) over ``--small-nsf-epochs`` epochs (20), batch 512; it is not the paper's configuration
+(cosine) over ``--small-nsf-epochs`` epochs (12), batch 512; it is not the paper's configuration
 (10 steps of 256 units and 2 blocks), and its row says so.
 
 Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flowkit-runs/maf_power``)
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="model names, e.g. 'MAF(5)' (default: all)")
     parser.add_argument("--epochs", type=int, default=1000, help="most epochs of a Table 1 run")
     parser.add_argument("--nsf-epochs", type=int, default=120, help="epochs of the NSF-style run (cosine)")
-    parser.add_argument("--small-nsf-epochs", type=int, default=20, help="epochs of the small NSF-style run (cosine)")
+    parser.add_argument("--small-nsf-epochs", type=int, default=12, help="epochs of the small NSF-style run (cosine)")
     parser.add_argument("--budget-minutes", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="train nothing; rewrite the results files")
