@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -137,13 +138,15 @@ def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, 
     recipe = maf_power.recipe
     monkeypatch.setattr(maf_power, "recipe", lambda name, args: {**recipe(name, args), "compile": False})
     argv = ["maf_power.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--threads", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "2", "--only", "MADE"])
+    epochs = ["--table-epochs", json.dumps({"MADE": 2, "MAF(5)": 50})]
+    monkeypatch.setattr(sys, "argv", [*argv, *epochs, "--only", "MADE"])
     maf_power.main()
     folder = tmp_path / "runs" / "MAF-5"  # a run cut after its first epoch, as a session's end leaves it
-    options = maf_power.recipe("MAF(5)", argparse.Namespace(epochs=1))
+    options = maf_power.recipe("MAF(5)", argparse.Namespace(epochs=1, table_epochs={"MAF(5)": 1}))
+    assert options["lr_schedule"] == "cosine" and options["batch_norm"] == "population"
     fit(tiny["MAF(5)"](), _toy_splits(6).train, _toy_splits(6).valid, checkpoint=folder / "checkpoint.pt",
         log=folder / "log.jsonl", **{k: v for k, v in options.items() if k != "compile"})
-    monkeypatch.setattr(sys, "argv", [*argv, "--epochs", "50", "--budget-minutes", "1e-9"])
+    monkeypatch.setattr(sys, "argv", [*argv, *epochs, "--budget-minutes", "1e-9"])
     maf_power.main()  # no time left: nothing trains, both runs are reported
     results = json.loads((tmp_path / "out" / "maf_power.json").read_text())
     finished, running = results["runs"]["MADE"], results["runs"]["MAF(5)"]
@@ -151,6 +154,14 @@ def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, 
     assert running == {**running, "finished": False, "epochs": 1} and "test_log_likelihood" not in running
     table = (tmp_path / "out" / "maf_power.md").read_text()
     assert "| MAF(5) | 0.14 | still training |" in table and "1 so far" in table
+    # on a machine without the run folders, a report keeps the finished results it finds committed
+    # and drops the unfinished ones, whose curves it can no longer read
+    for run in (tmp_path / "runs").iterdir():
+        shutil.rmtree(run)
+    monkeypatch.setattr(sys, "argv", [*argv, "--report"])
+    maf_power.main()
+    kept = json.loads((tmp_path / "out" / "maf_power.json").read_text())["runs"]
+    assert kept == {"MADE": finished}
 
 
 
