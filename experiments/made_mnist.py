@@ -49,7 +49,7 @@ from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, curve, markdown_table, restore_best, unfinished  # noqa: E402
+from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 # (name, hidden widths, masks, order-agnostic): Figure 2 first (mR: a random ordering and connectivity per
@@ -137,10 +137,13 @@ def categorical_run(folder: Path, args, deadline: float) -> None:
 
 def report(runs_dir: Path, out: Path, splits, args) -> None:
     results = {"command": "python experiments/made_mnist.py", "runs": {}}
+    earlier = committed(out / "made_mnist.json")
     for name, hidden, masks, order_agnostic in RUNS:
         folder = runs_dir / name
         log = curve(folder)
         if not log:
+            if name in earlier:
+                results["runs"][name] = {"order_agnostic": order_agnostic, **earlier[name]}
             continue
         entry = {"hidden": hidden, "masks": masks, "order_agnostic": order_agnostic,
                  "curve": [[r["epoch"], r["train_nll"], r["valid_nll"]] for r in log]}

@@ -56,7 +56,7 @@ from flowkit.data import load_power
 from flowkit.train import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, curve, markdown_table, restore_best, unfinished  # noqa: E402
+from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 PUBLISHED = {"MADE": -3.08, "MADE MoG": 0.40, "MAF(5)": 0.14, "MAF(10)": 0.24, "MAF MoG(5)": 0.30,
              "NSF(AR), RQ": 0.66, "NSF-style, small": 0.66}
@@ -142,13 +142,11 @@ def folder_name(name: str) -> str:
 
 def report(runs_dir: Path, out: Path, splits, args) -> None:
     results = {"command": "python experiments/maf_power.py", "sizes": [len(part) for part in splits], "runs": {}}
-    committed = out / "maf_power.json"
-    earlier = json.loads(committed.read_text())["runs"] if committed.exists() else {}
+    earlier = committed(out / "maf_power.json")
     for name in models():
         folder = runs_dir / folder_name(name)
         if not curve(folder):
-            # a finished run whose folder is not on this machine keeps its committed result
-            if name in earlier and earlier[name].get("finished", True):
+            if name in earlier:
                 results["runs"][name] = earlier[name]
             continue
         result = folder / "result.json"

@@ -54,6 +54,16 @@ def unfinished(folder: Path) -> dict[str, Any]:
             "seconds": round(sum(r["seconds"] for r in rows))}
 
 
+def committed(results: Path) -> dict[str, dict[str, Any]]:
+    """The finished runs of a results JSON written by an earlier report (``{"runs": {name: entry}}``),
+    by name: what a report keeps for a run whose folder is not on this machine (a later session on
+    a new machine); unfinished ones are dropped, their curves being no longer readable."""
+    if not results.exists():
+        return {}
+    runs = json.loads(results.read_text())["runs"]
+    return {name: entry for name, entry in runs.items() if entry.get("finished", True)}
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table: the ``header`` cells, then one line per row of cells (each written with
     ``str``, an empty one as ``| |``); the one helper behind every results table of ``experiments/``."""

@@ -128,6 +128,10 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     assert (tmp_path / "out" / "made_mnist_samples.png").stat().st_size > 0
     made_mnist.main()  # finished runs are not trained again
     assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["runs"]["1x500-m1"] == one
+    shutil.rmtree(tmp_path / "runs")  # a new machine: the report keeps the committed finished runs
+    monkeypatch.setattr(sys, "argv", [*argv, "--report"])
+    made_mnist.main()
+    assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["runs"] == results["runs"]
 
 
 def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, monkeypatch):
