@@ -28,12 +28,13 @@ autoregressive layer (8 bins, tail bound 3) on a residual MADE (256 units, 2 res
 ``--nsf-epochs`` epochs of 3,243 steps). Its step costs 0.38 s on one CPU thread, so the table also has the
 same kind of flow at a CPU's size, ``NSF-style, small``: 5 steps of a random permutation, an LU-linear
 layer and the same RQ layer on a residual MADE of 128 units and 1 block, Adam at lr 1e-3 annealed
-(cosine) over ``--small-nsf-epochs`` epochs (12), batch 512; it is not the paper's configuration
+(cosine) over ``--small-nsf-epochs`` epochs (12; ``NSF-style, small, long`` is the same flow annealed
+over ``--long-nsf-epochs``, 36), batch 512; it is not the paper's configuration
 (10 steps of 256 units and 2 blocks), and its row says so.
 
 Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flowkit-runs/maf_power``)
 and resumes from them; ``--budget-minutes`` stops after the epoch under way. Results go to
-``experiments/results/maf_power.{json,md}``; an unfinished run is reported with its best validation
+``experiments/results/maf_power.{json,md}`` and the learning curves to ``maf_power.png``; an unfinished run is reported with its best validation
 log-likelihood so far and its epochs, never as a test figure.
 
     python experiments/maf_power.py --only "MAF(5)" --budget-minutes 120   # continue one run
@@ -48,18 +49,22 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+import matplotlib
 
-import flowkit
-from flowkit.atomic import write_json, write_text  # noqa: E402
-from flowkit.data import load_power
-from flowkit.train import evaluate
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+import flowkit  # noqa: E402
+from flowkit.atomic import save_figure, write_json, write_text  # noqa: E402
+from flowkit.data import load_power  # noqa: E402
+from flowkit.train import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 PUBLISHED = {"MADE": -3.08, "MADE MoG": 0.40, "MAF(5)": 0.14, "MAF(10)": 0.24, "MAF MoG(5)": 0.30,
-             "NSF(AR), RQ": 0.66, "NSF-style, small": 0.66}
+             "NSF(AR), RQ": 0.66, "NSF-style, small": 0.66, "NSF-style, small, long": 0.66}
 RESULTS = Path(__file__).parent / "results"
 # rows trained under the paper's plateau protocol (halve the rate after 15 epochs without a better validation
 # figure, stop after 30); the other Table 1 rows anneal over a fixed number of epochs (see the module docstring)
@@ -79,15 +84,21 @@ def models() -> dict:
         "NSF(AR), RQ": lambda: flowkit.MAF(6, 10, 256, transformer="spline", bins=8, bound=3.0, linear="lu",
                                            permutation="random", residual_blocks=2, seed=0),
         # the same kind of flow at a CPU's size: 5 steps of a residual MADE of 128 units and 1 block
-        "NSF-style, small": lambda: flowkit.MAF(6, 5, 128, transformer="spline", bins=8, bound=3.0, linear="lu",
-                                                permutation="random", residual_blocks=1, seed=0),
+        "NSF-style, small": small_nsf,
+        "NSF-style, small, long": small_nsf,  # the same flow annealed over --long-nsf-epochs
     }
 
 
+def small_nsf() -> flowkit.MAF:
+    return flowkit.MAF(6, 5, 128, transformer="spline", bins=8, bound=3.0, linear="lu", permutation="random",
+                       residual_blocks=1, seed=0)
+
+
 def recipe(name: str, args) -> dict:
-    if name == "NSF-style, small":
-        return dict(epochs=args.small_nsf_epochs, patience=args.small_nsf_epochs, batch_size=512, lr=1e-3,
-                    lr_schedule="cosine", seed=0, compile=True)
+    if name.startswith("NSF-style, small"):
+        epochs = args.long_nsf_epochs if name.endswith("long") else args.small_nsf_epochs
+        return dict(epochs=epochs, patience=epochs, batch_size=512, lr=1e-3, lr_schedule="cosine", seed=0,
+                    compile=True)
     if name.startswith("NSF"):
         return dict(epochs=args.nsf_epochs, patience=args.nsf_epochs, batch_size=512, lr=5e-4, lr_schedule="cosine",
                     seed=0, compile=True)
@@ -110,6 +121,8 @@ def main() -> None:
                         help="epochs of the annealed Table 1 runs, as JSON (default: %(default)s)")
     parser.add_argument("--nsf-epochs", type=int, default=120, help="epochs of the NSF-style run (cosine)")
     parser.add_argument("--small-nsf-epochs", type=int, default=12, help="epochs of the small NSF-style run (cosine)")
+    parser.add_argument("--long-nsf-epochs", type=int, default=36,
+                        help="epochs of the same flow's longer run, 'NSF-style, small, long' (cosine)")
     parser.add_argument("--budget-minutes", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="train nothing; rewrite the results files")
@@ -168,8 +181,29 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     table = "\n".join(lines) + (f"\n\nLog-likelihoods in nats, higher is better; test set: {results['sizes'][2]:,} "
                                 f"points. Command: `{results['command']}` (resumable; one thread).\n")
     write_text(out / "maf_power.md", table)
+    figure(results, out / "maf_power.png")
     print(table)
 
+
+def figure(results: dict, path: Path) -> None:
+    """Validation log-likelihood by epoch of every run, each beside its published test figure (the
+    Gaussian MADE, three nats below the rest, on a panel of its own)."""
+    fig, (made, flows) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 2.5]})
+    for name, r in results["runs"].items():
+        ax = made if PUBLISHED[name] < -1 else flows
+        epochs, _, valid = zip(*r["curve"])
+        line, = ax.plot(epochs, [-v for v in valid], lw=1.2, label=name)
+        ax.axhline(PUBLISHED[name], color=line.get_color(), ls=":", lw=0.8)
+    for ax in (made, flows):
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    made.set_ylabel("validation log-likelihood, nats")
+    flows.set_ylim(-0.3, 0.75)
+    fig.suptitle("POWER: learning curves; dotted, the published test figure of the same colour", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
 
 if __name__ == "__main__":
     main()

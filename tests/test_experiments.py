@@ -158,6 +158,7 @@ def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, 
     assert running == {**running, "finished": False, "epochs": 1} and "test_log_likelihood" not in running
     table = (tmp_path / "out" / "maf_power.md").read_text()
     assert "| MAF(5) | 0.14 | still training |" in table and "1 so far" in table
+    assert (tmp_path / "out" / "maf_power.png").stat().st_size > 0
     # on a machine without the run folders, a report keeps the finished results it finds committed
     # and drops the unfinished ones, whose curves it can no longer read
     for run in (tmp_path / "runs").iterdir():
