@@ -34,8 +34,9 @@ over ``--long-nsf-epochs``, 36), batch 512; it is not the paper's configuration
 
 Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flowkit-runs/maf_power``)
 and resumes from them; ``--budget-minutes`` stops after the epoch under way. Results go to
-``experiments/results/maf_power.{json,md}`` and the learning curves to ``maf_power.png``; an unfinished run is reported with its best validation
-log-likelihood so far and its epochs, never as a test figure.
+``experiments/results/maf_power.{json,md}`` and the learning curves to ``maf_power.png``; an
+unfinished run is reported with its best validation log-likelihood so far and its epochs, never as
+a test figure.
 
     python experiments/maf_power.py --only "MAF(5)" --budget-minutes 120   # continue one run
     python experiments/maf_power.py --report                                 # only rewrite the results
