@@ -96,21 +96,21 @@ def small_nsf() -> flowkit.MAF:
 
 
 def recipe(name: str, args) -> dict:
+    def annealed(epochs: int, lr: float = 1e-3, **options) -> dict:
+        # the rate annealed to zero over the whole run, which never stops early
+        return dict(epochs=epochs, patience=epochs, batch_size=512, lr=lr, lr_schedule="cosine", seed=0, compile=True,
+                    **options)
+
     if name.startswith("NSF-style, small"):
-        epochs = args.long_nsf_epochs if name.endswith("long") else args.small_nsf_epochs
-        return dict(epochs=epochs, patience=epochs, batch_size=512, lr=1e-3, lr_schedule="cosine", seed=0,
-                    compile=True)
+        return annealed(args.long_nsf_epochs if name.endswith("long") else args.small_nsf_epochs)
     if name.startswith("NSF"):
-        return dict(epochs=args.nsf_epochs, patience=args.nsf_epochs, batch_size=512, lr=5e-4, lr_schedule="cosine",
-                    seed=0, compile=True)
+        return annealed(args.nsf_epochs, lr=5e-4)
     # batch norm at test time: the training data's statistics (the paper's protocol), set before every validation
     statistics = dict(batch_norm="population") if name.startswith("MAF") else {}
     if name in PLATEAU:
         return dict(epochs=args.epochs, patience=30, batch_size=512, lr=1e-3, lr_schedule="plateau",
                     weight_decay=1e-6, seed=0, compile=True, **statistics)
-    epochs = args.table_epochs[name]
-    return dict(epochs=epochs, patience=epochs, batch_size=512, lr=1e-3, lr_schedule="cosine", weight_decay=1e-6,
-                seed=0, compile=True, **statistics)
+    return annealed(args.table_epochs[name], weight_decay=1e-6, **statistics)
 
 
 def main() -> None:
@@ -205,6 +205,7 @@ def figure(results: dict, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
+
 
 if __name__ == "__main__":
     main()
