@@ -158,7 +158,9 @@ def fit(
             scaling then weakens for parameters with large gradients; with ``"adamw"`` it is
             decoupled (Loshchilov & Hutter, 2019): every step also shrinks each weight by
             :math:`\text{lr} \cdot \lambda \cdot w`, whatever its gradient.
-        optimizer: ``"adam"`` or ``"adamw"``.
+        optimizer: ``"adam"`` or ``"adamw"``, with torch's fused kernel where it has one for the
+            parameters' device (CUDA; CPU from torch 2.4): the same update, a step several times
+            cheaper than the default ``foreach`` one.
         patience: epochs without a better validation NLL before stopping.
         ensemble: the mask sets (with fresh masks: the mask keys ``0..ensemble-1``) that score
             the validation data.
@@ -378,7 +380,7 @@ class _Run:
     def start(cls, model: nn.Module, device: torch.device, optimizer: str, lr: float, weight_decay: float,
               lr_schedule: str, epochs: int, patience: int, seed: int, precision: str = "fp32") -> _Run:
         kind = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-        optimizer = kind(model.parameters(), lr=lr, weight_decay=weight_decay)
+        optimizer = _fused(kind, list(model.parameters()), lr=lr, weight_decay=weight_decay)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         return cls(model, device, optimizer, _scheduler(optimizer, lr_schedule, epochs, patience),
                    torch.Generator().manual_seed(seed), copy.deepcopy(model.state_dict()), scaler=scaler)
@@ -555,6 +557,21 @@ def _device_of(model: nn.Module) -> torch.device:
     if tensor is None:
         tensor = next(model.buffers(), None)
     return torch.device("cpu") if tensor is None else tensor.device
+
+
+def _fused(kind: type[torch.optim.Optimizer], params: list[nn.Parameter], **options: Any) -> torch.optim.Optimizer:
+    """``kind(params, **options)`` with torch's fused kernel where it has one for the parameters'
+    device and dtype (CUDA; CPU from torch 2.4), else torch's default implementation.
+
+    The same update; fused, the step of the affine MAF of ``experiments/bench_train.py`` (D=63,
+    5 x [512, 512]) costs 1.4-2.0 ms on one CPU thread against 5-9 ms for the default (``foreach``),
+    5-8% of a whole training step. A checkpoint keeps the choice: a run resumes with the kernel it
+    started with.
+    """
+    try:
+        return kind(params, fused=True, **options)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype in this torch
+        return kind(params, **options)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, lr_schedule: str, epochs: int, patience: int):

@@ -263,6 +263,28 @@ def test_adamw_decays_weights_that_get_no_gradient_by_exactly_one_minus_lr_lambd
     assert bool((moved > 0.9 * steps * lr).all() and (moved < 1.001 * steps * lr).all()), moved
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_fused_optimiser_makes_the_default_update_and_an_older_checkpoint_keeps_its_kernel(
+        optimizer, tmp_path, monkeypatch):
+    import flowkit.train as train
+
+    data = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    options = dict(epochs=2, batch_size=20, lr=1e-2, weight_decay=0.1, optimizer=optimizer)
+    fused = flowkit.MAF(4, 2, [16, 16], seed=0)
+    fit(fused, data, checkpoint=tmp_path / "fused.pt", **options)
+    assert torch.load(tmp_path / "fused.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"]
+
+    monkeypatch.setattr(train, "_fused", lambda kind, params, **o: kind(params, **o))  # torch's default
+    default = flowkit.MAF(4, 2, [16, 16], seed=0)
+    fit(default, data, checkpoint=tmp_path / "default.pt", epochs=1,
+        **{k: v for k, v in options.items() if k != "epochs"})
+    monkeypatch.undo()
+    fit(default, data, checkpoint=tmp_path / "default.pt", resume=True, **options)  # resumed: its own kernel
+    assert not torch.load(tmp_path / "default.pt", weights_only=True)["optimizer"]["param_groups"][0]["fused"]
+    for a, b in zip(fused.parameters(), default.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_fit_refuses_an_unknown_optimizer_and_a_negative_weight_decay():
     model, data = flowkit.BernoulliMADE(3, [8], seed=0), torch.ones(10, 3)
     with pytest.raises(ValueError, match="optimizer"):

@@ -39,11 +39,13 @@ class Permutation(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("x", x, self.features)
-        return x[..., self.permutation], x.new_zeros(x.shape[:-1])
+        # index_select, not x[..., permutation]: the same values, and its backward (index_add) runs
+        # several times faster on a CPU than advanced indexing's (index_put with accumulation)
+        return x.index_select(-1, self.permutation), x.new_zeros(x.shape[:-1])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("y", y, self.features)
-        return y[..., self.inverse_permutation], y.new_zeros(y.shape[:-1])
+        return y.index_select(-1, self.inverse_permutation), y.new_zeros(y.shape[:-1])
 
 
 class ReversePermutation(Permutation):
