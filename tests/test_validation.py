@@ -4,19 +4,21 @@ import pytest
 import torch
 
 import flowkit
-from flowkit.validation import check_finite, checked
+from flowkit import validation
+from flowkit.heads import _binary
+from flowkit.validation import all_finite, check_finite, checked
 
 
 @pytest.fixture
 def finite_reads(monkeypatch):
     calls = []
-    isfinite = torch.isfinite
+    all_finite = validation.all_finite
 
     def counting(x):
         calls.append(tuple(x.shape))
-        return isfinite(x)
+        return all_finite(x)
 
-    monkeypatch.setattr(torch, "isfinite", counting)
+    monkeypatch.setattr(validation, "all_finite", counting)
     return calls
 
 
@@ -43,6 +45,28 @@ def test_binary_and_categorical_inputs_are_checked_in_one_pass(finite_reads):
     flowkit.BernoulliMADE(4, [8], seed=0).log_prob(torch.ones(5, 4))
     flowkit.CategoricalMADE(4, 3, [8], seed=0).log_prob(torch.full((5, 4), 2.0))
     assert finite_reads == []  # the support check excludes NaN and infinities by itself
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_the_one_sum_checks_agree_with_elementwise_comparisons(dtype):
+    big = torch.finfo(dtype).max
+    generator = torch.Generator().manual_seed(0)
+    specials = [float("nan"), float("inf"), -float("inf"), big, -big, 0.5, 2.0, -1.0, 1 - torch.finfo(dtype).eps,
+                torch.finfo(dtype).tiny, torch.finfo(dtype).smallest_normal / 4, 1e30, -0.0]
+    cases = [torch.full((3000,), big, dtype=dtype),  # finite, and its sum overflows: the exact check decides
+             torch.full((3000,), big, dtype=dtype).index_fill(0, torch.tensor([7]), float("nan")),
+             torch.ones(300, 784, dtype=dtype),  # a half sum of these ones would pass 65504
+             torch.zeros(0, 5, dtype=dtype),
+             torch.tensor([0.5] * 8 + [2.0, 1.0], dtype=dtype)]  # x (x - 1) sums to 0 here: each term must count
+    for special in specials:
+        for base in (torch.randn(50, 7, generator=generator), (torch.rand(50, 7, generator=generator) < 0.4).float()):
+            x = base.to(dtype)
+            x[torch.randint(50, ()), torch.randint(7, ())] = special
+            cases.append(x)
+    for x in cases:
+        assert bool(all_finite(x)) == bool(torch.isfinite(x).all()), x
+        assert bool(_binary(x)) == bool(((x == 0) | (x == 1)).all()), x
+    assert bool(_binary(torch.tensor([2**32, 0, 1]))) is False  # integers: compared one by one
 
 
 @pytest.mark.parametrize("value, message", [(float("nan"), "x contains NaN"), (float("inf"), "x contains infinite"),
