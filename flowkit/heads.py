@@ -141,7 +141,7 @@ class Bernoulli(Head):
         return x
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
-        logits = params[..., 0]
+        logits = params.squeeze(-1)  # a view, whose backward is one too (params[..., 0] would copy)
         return -F.binary_cross_entropy_with_logits(logits, x.to(logits.dtype), reduction="none")
 
     noise_size = 1
