@@ -208,9 +208,11 @@ def figure(results: dict, out: Path) -> None:
     runs = results["runs"]
     for prefix, label in [("1x500-m", "ours, order- and connectivity-agnostic"),
                           ("1x500-c", "ours, connectivity only")]:
-        # both series start from the one-mask run
-        series = [r for name, r in runs.items() if (name.startswith(prefix) or name == "1x500-m1")
-                  and r.get("finished", True)]
+        # each series starts from its one-mask run: a random ordering for the order-agnostic one (the
+        # authors shuffle every model once before training), the natural order for connectivity only
+        first = "1x500-m1-random" if prefix == "1x500-m" and "1x500-m1-random" in runs else "1x500-m1"
+        series = [r for name, r in runs.items() if (name == first or name.startswith(prefix) and name[-1].isdigit()
+                                                     and name != "1x500-m1") and r.get("finished", True)]
         if series:
             series.sort(key=lambda r: r["masks"])
             left.plot([r["masks"] for r in series],
