@@ -3,6 +3,7 @@ r"""The masked autoregressive network (MADE) that every flowkit model is built o
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import warnings
@@ -490,7 +491,8 @@ class MADE(nn.Module):
                 inner = self.activation(first(self._drop(self.activation(h), drop), index))
                 h = h + second(self._drop(inner, drop), index)
             return self._drop(self.activation(h), drop)
-        for layer in self.layers[:-1]:
+        # islice, not self.layers[:-1]: slicing a ModuleList builds a new ModuleList on every call
+        for layer in itertools.islice(self.layers, len(self.layers) - 1):
             h = self._drop(self.activation(layer(h, index)), drop)
         return h
 
