@@ -52,11 +52,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
-# (name, hidden widths, masks, order-agnostic): Figure 2 first (mR: a random ordering and connectivity per
-# mask set, the authors' "Full" shuffling; cR: connectivity only, the natural order in every set), then the
-# two-layer rows
-RUNS = [*((f"1x500-m{r}", [500], r, r > 1) for r in (1, 2, 4, 8, 16, 32)), ("1x500-m1-random", [500], 1, False),
-        *((f"1x500-c{r}", [500], r, False) for r in (2, 4, 8, 16, 32)),
+# (name, hidden widths, masks, order-agnostic): Figure 2 first (mR: its own connectivity per mask set and a
+# random ordering for sets 1..R-1, set 0 keeping the natural order; cR: connectivity only, the natural order
+# in every set), then the two-layer rows
+MASKS = (2, 4, 8, 16, 32)  # Figure 2's mask counts above one
+RUNS = [*((f"1x500-m{r}", [500], r, r > 1) for r in (1, *MASKS)), ("1x500-m1-random", [500], 1, False),
+        *((f"1x500-c{r}", [500], r, False) for r in MASKS),
         ("2x500-m1", [500, 500], 1, False), ("2x500-m32", [500, 500], 32, True),
         ("1x8000-m1", [8000], 1, False), ("1x8000-m1-d3", [8000], 1, False), ("1x8000-m1-d5", [8000], 1, False),
         ("1x8000-m32", [8000], 32, True)]  # Table 6's width
@@ -213,10 +214,9 @@ def figure(results: dict, out: Path) -> None:
         # each series starts from its one-mask run: a random ordering for the order-agnostic one (the
         # authors shuffle every model once before training), the natural order for connectivity only
         first = "1x500-m1-random" if prefix == "1x500-m" and "1x500-m1-random" in runs else "1x500-m1"
-        series = [r for name, r in runs.items() if (name == first or name.startswith(prefix) and name[-1].isdigit()
-                                                     and name != "1x500-m1") and r.get("finished", True)]
+        names = [first, *(f"{prefix}{r}" for r in MASKS)]
+        series = [runs[name] for name in names if name in runs and runs[name].get("finished", True)]
         if series:
-            series.sort(key=lambda r: r["masks"])
             left.plot([r["masks"] for r in series],
                       [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in series], "o-", label=label)
     left.axhline(94.5, color="grey", ls=":", label="paper, 1 mask (about)")
