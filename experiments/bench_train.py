@@ -293,7 +293,8 @@ def bench_case(args, name: str, models: dict[str, tuple[str, Callable]], x: Tens
     for impl, (what, build) in models.items():
         try:
             log_prob, module = build()
-            eval_log_prob, eval_module = build()
+            scored = impl != FUSED  # the optimiser plays no part in evaluation: no second model to score
+            eval_log_prob, eval_module = build() if scored else (None, None)
         except ImportError:
             unavailable[impl] = "not installed"
             continue
@@ -302,9 +303,9 @@ def bench_case(args, name: str, models: dict[str, tuple[str, Callable]], x: Tens
             continue
         classes[impl] = what
         train[impl] = trainer(log_prob, module.train(), x, fused=impl == FUSED)
-        if impl != FUSED:  # the optimiser plays no part in evaluation
+        if scored:
             evaluate[impl] = evaluator(eval_log_prob, x)
-        eval_module.eval()
+            eval_module.eval()
     figures = {"train step": interleaved(train, args.repeats, args.block),
                "eval log_prob": interleaved(evaluate, args.repeats, args.block)}
     print(f"{name}: done", file=sys.stderr)
