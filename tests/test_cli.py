@@ -162,14 +162,18 @@ def test_resume_continues_a_run(tmp_path, capsys):
     assert "cannot resume" in one_error_line(capsys)
 
 
-def test_fit_trains_with_decoupled_weight_decay_and_records_it(tmp_path, capsys):
+@pytest.mark.parametrize("optimizer", ["adamw", "adagrad"])
+def test_fit_trains_with_the_optimizer_asked_for_and_records_it(optimizer, tmp_path, capsys):
     run = tmp_path / "run"
     argv = fit_args(run, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs", "1",
-                    "--optimizer", "adamw", "--weight-decay", "0.01")
+                    "--optimizer", optimizer, "--weight-decay", "0.01")
     assert main(argv) == 0
     training = json.loads((run / "config.json").read_text())["training"]
-    assert (training["optimizer"], training["weight_decay"]) == ("adamw", 0.01)
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["optimizer"] == "adamw"
+    assert (training["optimizer"], training["weight_decay"]) == (optimizer, 0.01)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["settings"]["optimizer"] == optimizer
+    state = next(iter(checkpoint["optimizer"]["state"].values()))
+    assert ("sum" in state) == (optimizer == "adagrad") and ("exp_avg" in state) == (optimizer == "adamw")
 
 
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):

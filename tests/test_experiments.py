@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import flowkit
@@ -201,3 +202,27 @@ def test_power_spline_recipe_counts_the_rows_beyond_each_bound(tmp_path, monkeyp
     again = json.loads((tmp_path / "power_spline_recipe.json").read_text())["variants"]
     assert list(again) == ["affine", "affine, LU", "spline, bound 3, LU", "spline, bound 15"]
     assert again["affine"] == results["affine"] and again["affine, LU"]["linear"] == "lu"
+
+
+def test_fit_schedule_runs_the_command_per_schedule_and_compares_seed_by_seed(tmp_path, monkeypatch):
+    study = _load("fit_schedule")
+    toy = tmp_path / "toy.npy"
+    np.save(toy, torch.randn(200, 2, generator=torch.Generator().manual_seed(0)).numpy())
+    monkeypatch.setattr(study, "power_sample", lambda runs: toy)
+    tiny = ["--epochs", "2", "--hidden", "8", "--layers", "1"]
+    monkeypatch.setattr(study, "CASES", {"toy 200 rows, maf": (["--data", "{power}", *tiny], (1,))})
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["fit_schedule.py", "--runs-dir", str(runs), "--out", str(out)])
+    study.main()
+    for schedule in study.SCHEDULES:
+        config = json.loads((runs / f"toy-maf-{schedule}-s1" / "config.json").read_text())
+        assert config["training"]["lr_schedule"] == schedule and config["seed"] == 1
+    found = json.loads((out / "fit_schedule.json").read_text())["cases"]["toy 200 rows, maf"]["schedules"]
+    assert list(found) == list(study.SCHEDULES)
+    metrics = json.loads((runs / "toy-maf-cosine-s1" / "metrics.json").read_text())
+    assert found["cosine"]["test_nll"] == [metrics["test_nll"]] and found["cosine"]["epochs"] == [2]
+    diff = found["plateau"]["test_nll"][0] - found["constant"]["test_nll"][0]
+    assert f"{diff:+.3f}" in (out / "fit_schedule.md").read_text()
+    stamp = (runs / "toy-maf-constant-s1" / "metrics.json").stat().st_mtime_ns
+    study.main()  # finished runs are not run again
+    assert (runs / "toy-maf-constant-s1" / "metrics.json").stat().st_mtime_ns == stamp

@@ -263,7 +263,26 @@ def test_adamw_decays_weights_that_get_no_gradient_by_exactly_one_minus_lr_lambd
     assert bool((moved > 0.9 * steps * lr).all() and (moved < 1.001 * steps * lr).all()), moved
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adagrad_makes_torchs_adagrad_update_not_adams():
+    # Full batches (one minibatch an epoch): the loss is the mean NLL of all rows whatever their
+    # shuffled order, so three epochs of fit are three steps of torch.optim.Adagrad on that loss.
+    data = torch.randint(2, (64, 6), generator=torch.Generator().manual_seed(0)).float()
+    model = flowkit.BernoulliMADE(6, [16], seed=0)
+    fit(model, data, epochs=3, batch_size=64, lr=0.05, optimizer="adagrad")
+    reference = flowkit.BernoulliMADE(6, [16], seed=0)
+    optimizer = torch.optim.Adagrad(reference.parameters(), lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (-reference.log_prob(data).mean()).backward()
+        optimizer.step()
+    adam = flowkit.BernoulliMADE(6, [16], seed=0)
+    fit(adam, data, epochs=3, batch_size=64, lr=0.05, optimizer="adam")
+    for a, b, c in zip(model.parameters(), reference.parameters(), adam.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(a, c, atol=1e-4) for a, c in zip(model.parameters(), adam.parameters()))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "adagrad"])
 def test_the_fused_optimiser_makes_the_default_update_and_an_older_checkpoint_keeps_its_kernel(
         optimizer, tmp_path, monkeypatch):
     import flowkit.train as train

@@ -137,8 +137,9 @@ def _add_training(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     fit.add_argument("--batch-size", type=int, default=100, help="minibatch size")
     fit.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    fit.add_argument("--optimizer", choices=("adam", "adamw"), default="adam",
-                     help="adam (--weight-decay is an L2 penalty) or adamw (decoupled weight decay)")
+    fit.add_argument("--optimizer", choices=("adam", "adamw", "adagrad"), default="adam",
+                     help="adam (--weight-decay is an L2 penalty), adamw (decoupled weight decay) or adagrad (the "
+                     "MADE authors' optimiser, used with --lr 0.01; --weight-decay is an L2 penalty)")
     fit.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default="constant",
                      help="learning rate schedule: constant, cosine (annealed to zero over --epochs) or plateau "
