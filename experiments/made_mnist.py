@@ -137,8 +137,9 @@ def main() -> None:
 
 
 def recipe(args, masks: int, name: str | None = None) -> dict:
-    return dict(epochs=args.epochs, patience=args.patience, batch_size=100, lr=1e-3, seed=0,
-                ensemble=masks if masks > 1 else None, **TRAINING.get(name, {}))
+    settings = dict(epochs=args.epochs, patience=args.patience, batch_size=100, lr=1e-3, seed=0,
+                    ensemble=masks if masks > 1 else None)
+    return settings | TRAINING.get(name, {})
 
 
 def categorical_run(folder: Path, args, deadline: float) -> None:

@@ -107,7 +107,7 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     made_mnist = _load("made_mnist")
     monkeypatch.setattr(made_mnist, "binarized_mnist", lambda seed: _toy_splits(784, binary=True))
     monkeypatch.setattr(made_mnist, "RUNS", [("1x500-m1", [8], 1, False), ("1x500-m2", [8], 2, True),
-                                                 ("1x500-c2", [8], 2, False)])
+                                                 ("1x500-c2", [8], 2, False), ("1x500-m1-adagrad", [8], 1, False)])
     argv = ["made_mnist.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--epochs", "3",
             "--patience", "2", "--threads", "1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--budget-minutes", "1e-9"])  # the deadline passes at once
@@ -125,7 +125,10 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     assert all(order.tolist() == list(range(784)) for order in natural)
     assert any(order.tolist() != list(range(784)) for order in made_mnist.build([8], 2, True).made.orders)
     assert one["best_valid_nll"] == min(row[2] for row in one["curve"])
+    settings = torch.load(tmp_path / "runs" / "1x500-m1-adagrad" / "checkpoint.pt", weights_only=True)["settings"]
+    assert (settings["optimizer"], settings["lr"]) == ("adagrad", 0.01)  # the run's own training settings
     table = (tmp_path / "out" / "made_mnist.md").read_text()
+    assert "| 1x500-m1-adagrad | 8, Adagrad lr 0.01 | 1 | one random |" in table
     assert "about 94.5 (Figure 2, 1 x 500)" in table and "still training" not in table
     assert (tmp_path / "out" / "made_mnist_masks.png").stat().st_size > 0
     assert (tmp_path / "out" / "made_mnist_samples.png").stat().st_size > 0
