@@ -113,6 +113,17 @@ def table(results: dict) -> str:
             lines.append(f"| {case} | {schedule} | {', '.join(f'{v:.3f}' for v in nll)} | "
                          f"{statistics.fmean(nll):.3f} | {diff} | {epochs} | "
                          f"{statistics.median(row['seconds']) / 60:.1f} min |")
+    lines += [""]
+    for schedule in SCHEDULES[1:]:
+        pairs = [(row["test_nll"], found["schedules"]["constant"]["test_nll"])
+                 for found in results["cases"].values() for name, row in found["schedules"].items()
+                 if name == schedule and "constant" in found["schedules"]]
+        diffs = [a - b for nll, base in pairs for a, b in zip(nll, base)]
+        if diffs:
+            same = sum(abs(d) <= 5e-4 for d in diffs)
+            lines.append(f"- `{schedule}` against `constant`, over {len(diffs)} paired runs: better in "
+                         f"{sum(d < -5e-4 for d in diffs)}, within 0.0005 nats in {same}, worse in "
+                         f"{sum(d > 5e-4 for d in diffs)}; largest change {min(diffs):+.3f} / {max(diffs):+.3f} nats.")
     lines += ["", f"One thread per run. Command: `{results['command']}`.", ""]
     return "\n".join(lines)
 

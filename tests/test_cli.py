@@ -162,6 +162,24 @@ def test_resume_continues_a_run(tmp_path, capsys):
     assert "cannot resume" in one_error_line(capsys)
 
 
+def test_fit_defaults_to_the_plateau_schedule_and_a_resumed_run_keeps_its_own(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = fit_args(run, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs", "1")
+    assert main(argv) == 0
+    assert json.loads((run / "config.json").read_text())["training"]["lr_schedule"] == "plateau"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["settings"]["lr_schedule"] == "plateau"
+    old = tmp_path / "old"  # a run fitted when constant was the default
+    assert main(fit_args(old, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs",
+                         "1", "--lr-schedule", "constant")) == 0
+    assert main(fit_args(old, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs",
+                         "2", "--resume")) == 0
+    assert json.loads((old / "metrics.json").read_text())["epochs_run"] == 2
+    assert json.loads((old / "config.json").read_text())["training"]["lr_schedule"] == "constant"
+    assert main(fit_args(old, "--data", "two_moons", "--model", "maf", "--hidden", "8", "--layers", "1", "--epochs",
+                         "3", "--resume", "--lr-schedule", "plateau")) == 2  # asked for explicitly: refused
+    assert "lr_schedule" in one_error_line(capsys)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "adagrad"])
 def test_fit_trains_with_the_optimizer_asked_for_and_records_it(optimizer, tmp_path, capsys):
     run = tmp_path / "run"

@@ -49,6 +49,7 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from flowkit.train import fit
 
     _check_options(args)
+    args.lr_schedule = _lr_schedule(args)
     distributed.setup(distributed.local_device(args.device or "cpu"))
     out = Path(args.out)
     splits, info, notes, model_name = _fit_data(args)
@@ -223,6 +224,19 @@ def _linear(args: argparse.Namespace, model_name: str) -> str | None:
     if args.linear is None:
         return "lu" if model_name == "spline" else None
     return None if args.linear == "none" else args.linear
+
+
+def _lr_schedule(args: argparse.Namespace) -> str:
+    """``--lr-schedule``; else, resuming, the run's own (runs fitted before ``plateau`` became the default
+    were ``constant``); else ``plateau``. In ``experiments/results/fit_schedule.md`` it is never worse
+    than ``constant`` and 0.02 nats better on POWER; ``cosine`` does as well there and 0.01 better on
+    digits, but it ties the schedule to ``--epochs``, which ``--resume`` then cannot extend."""
+    if args.lr_schedule is not None:
+        return args.lr_schedule
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        return _read_config(Path(args.out)).get("training", {}).get("lr_schedule", "constant")
+    return "plateau"
 
 
 def _training_options(args: argparse.Namespace, ensemble: int | None) -> dict[str, Any]:

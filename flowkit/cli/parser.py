@@ -141,9 +141,10 @@ def _add_training(fit: argparse.ArgumentParser) -> None:
                      help="adam (--weight-decay is an L2 penalty), adamw (decoupled weight decay) or adagrad (the "
                      "MADE authors' optimiser, used with --lr 0.01; --weight-decay is an L2 penalty)")
     fit.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
-    fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default="constant",
-                     help="learning rate schedule: constant, cosine (annealed to zero over --epochs) or plateau "
-                     "(halved after patience/2 epochs without a better validation NLL)")
+    fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default=None,
+                     help="learning rate schedule: plateau (halved after patience/2 epochs without a better "
+                     "validation NLL; the default, and with --resume the run's own), constant, or cosine (annealed "
+                     "to zero over --epochs)")
     fit.add_argument("--clip", type=float, default=None, help="largest gradient norm (no clipping if not given)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the masks, initial weights, shuffling and sampling")
     fit.add_argument("--device", default=None, help="where to train, e.g. cpu or cuda (default: cpu)")
