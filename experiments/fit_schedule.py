@@ -62,6 +62,7 @@ def power_sample(runs: Path) -> Path:
 
 
 def run_name(case: str, schedule: str, seed: int) -> str:
+    """The run's folder: the case's first word and its model, e.g. ``digits-bernoulli-plateau-s0``."""
     return f"{case.split(',')[0].split()[0].lower()}-{case.split(', ')[1]}-{schedule}-s{seed}"
 
 
