@@ -229,3 +229,23 @@ def test_fit_schedule_runs_the_command_per_schedule_and_compares_seed_by_seed(tm
     stamp = (runs / "toy-maf-constant-s1" / "metrics.json").stat().st_mtime_ns
     study.main()  # finished runs are not run again
     assert (runs / "toy-maf-constant-s1" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_the_recipes_page_quotes_the_committed_results():
+    # docs/recipes.md justifies the defaults with these runs: its figures must be theirs
+    page = (ROOT / "docs" / "recipes.md").read_text()
+    results = ROOT / "experiments" / "results"
+    cases = json.loads((results / "fit_schedule.json").read_text())["cases"]
+    diffs = {case: [a - b for a, b in zip(found["schedules"]["plateau"]["test_nll"],
+                                          found["schedules"]["constant"]["test_nll"])]
+             for case, found in cases.items()}
+    every = [d for case in diffs.values() for d in case]
+    assert len(every) == 8 and max(every) <= 5e-4 and "never worse than a constant rate in 8 paired runs" in page
+    power = next(case for case in diffs if case.startswith("POWER"))
+    assert round(-sum(diffs[power]) / len(diffs[power]), 2) == 0.02 and "0.02 nats better on POWER" in page
+    spline = json.loads((results / "power_spline_recipe.json").read_text())["variants"]
+    for name, quoted in [("spline, bound 3", "-0.45"), ("spline, bound 3, LU", "0.32"), ("spline, bound 15", "0.11")]:
+        assert f"{spline[name]['test_log_likelihood']:.2f}" == quoted and quoted in page
+    mnist = json.loads((results / "made_mnist.json").read_text())["runs"]
+    for name in ("1x8000-m1", "1x8000-m1-d3", "1x8000-m1-d5"):
+        assert f"{mnist[name]['test_nll_one_mask']:.2f}" in page
