@@ -159,9 +159,9 @@ def fit(
             decoupled (Loshchilov & Hutter, 2019): every step also shrinks each weight by
             :math:`\text{lr} \cdot \lambda \cdot w`, whatever its gradient; with ``"adagrad"`` it
             is an L2 penalty, as with Adam.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"adagrad"`` (Duchi et al., 2011: each parameter's
-            step is ``lr`` over the root of its summed squared gradients, ``torch.optim.Adagrad``
-            at its defaults; the MADE authors' optimiser, at their ``lr=0.01``), with torch's fused
+        optimizer: ``"adam"``, ``"adamw"`` or ``"adagrad"`` (Duchi et al., 2011: each parameter
+            moves by its gradient times ``lr`` over the root of the sum of its squared gradients so
+            far, ``torch.optim.Adagrad`` at its defaults; the MADE authors' optimiser, at their ``lr=0.01``), with torch's fused
             kernel where it has one for the parameters' device (CUDA; CPU from torch 2.4): the same
             update, a step several times cheaper than the default ``foreach`` one.
         patience: epochs without a better validation NLL before stopping.
