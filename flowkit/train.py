@@ -161,9 +161,10 @@ def fit(
             is an L2 penalty, as with Adam.
         optimizer: ``"adam"``, ``"adamw"`` or ``"adagrad"`` (Duchi et al., 2011: each parameter
             moves by its gradient times ``lr`` over the root of the sum of its squared gradients so
-            far, ``torch.optim.Adagrad`` at its defaults; the MADE authors' optimiser, at their ``lr=0.01``), with torch's fused
-            kernel where it has one for the parameters' device (CUDA; CPU from torch 2.4): the same
-            update, a step several times cheaper than the default ``foreach`` one.
+            far, ``torch.optim.Adagrad`` at its defaults; the MADE authors' optimiser, at their
+            ``lr=0.01``), with torch's fused kernel where it has one for the parameters' device
+            (CUDA; CPU from torch 2.4): the same update, a step several times cheaper than the
+            default ``foreach`` one.
         patience: epochs without a better validation NLL before stopping.
         ensemble: the mask sets (with fresh masks: the mask keys ``0..ensemble-1``) that score
             the validation data.
