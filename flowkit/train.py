@@ -29,7 +29,9 @@ from flowkit.validation import check_float, check_int, check_option
 __all__ = ["History", "fit", "evaluate", "check_resume"]
 
 SCHEDULES = ("constant", "cosine", "plateau")
-OPTIMIZERS = ("adam", "adamw", "adagrad")
+# the optimisers fit builds, by name
+_OPTIMIZER_KINDS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad}
+OPTIMIZERS = tuple(_OPTIMIZER_KINDS)
 # settings added after checkpoints were first written, with the value older checkpoints were trained with
 LATER_SETTINGS = {"optimizer": "adam", "masks": "cycle", "precision": "fp32", "batch_norm": "running"}
 MASK_MODES = ("cycle", "fresh")
@@ -383,8 +385,7 @@ class _Run:
     @classmethod
     def start(cls, model: nn.Module, device: torch.device, optimizer: str, lr: float, weight_decay: float,
               lr_schedule: str, epochs: int, patience: int, seed: int, precision: str = "fp32") -> _Run:
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad}[optimizer]
-        optimizer = _fused(kind, list(model.parameters()), lr=lr, weight_decay=weight_decay)
+        optimizer = _fused(_OPTIMIZER_KINDS[optimizer], list(model.parameters()), lr=lr, weight_decay=weight_decay)
         scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         return cls(model, device, optimizer, _scheduler(optimizer, lr_schedule, epochs, patience),
                    torch.Generator().manual_seed(seed), copy.deepcopy(model.state_dict()), scaler=scaler)
