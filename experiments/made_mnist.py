@@ -221,20 +221,17 @@ def table(results: dict) -> str:
 def figure(results: dict, out: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     runs = results["runs"]
-    for prefix, label in [("1x500-m", "ours, order- and connectivity-agnostic"),
-                          ("1x500-c", "ours, connectivity only")]:
-        # each series starts from its one-mask run: a random ordering for the order-agnostic one (the
-        # authors shuffle every model once before training), the natural order for connectivity only
-        first = "1x500-m1-random" if prefix == "1x500-m" and "1x500-m1-random" in runs else "1x500-m1"
-        names = [first, *(f"{prefix}{r}" for r in MASKS)]
+    # each Adam series starts from its one-mask run: a random ordering for the order-agnostic one (the
+    # authors shuffle every model once before training), the natural order for connectivity only
+    first = "1x500-m1-random" if "1x500-m1-random" in runs else "1x500-m1"
+    for names, style, label in [
+            ([first, *(f"1x500-m{r}" for r in MASKS)], "o-", "ours, order- and connectivity-agnostic"),
+            (["1x500-m1", *(f"1x500-c{r}" for r in MASKS)], "o-", "ours, connectivity only"),
+            (AUTHORS, "s--", "ours, Adagrad lr 0.01, random orders (the authors' command)")]:
         series = [runs[name] for name in names if name in runs and runs[name].get("finished", True)]
         if series:
             left.plot([r["masks"] for r in series],
-                      [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in series], "o-", label=label)
-    authors = [runs[name] for name in AUTHORS if name in runs and runs[name].get("finished", True)]
-    if authors:
-        left.plot([r["masks"] for r in authors], [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in authors],
-                  "s--", label="ours, Adagrad lr 0.01, random orders (the authors' command)")
+                      [r.get("test_nll_ensemble", r["test_nll_one_mask"]) for r in series], style, label=label)
     left.axhline(94.5, color="grey", ls=":", label="paper, 1 mask (about)")
     left.set_xscale("log", base=2)
     left.set_xlabel("masks in training (ensemble at test)")
