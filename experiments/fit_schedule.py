@@ -98,6 +98,14 @@ def collect(runs: Path) -> dict:
     return {"command": "python experiments/fit_schedule.py", "cases": cases}
 
 
+def versus_constant(found: dict, schedule: str) -> list[float]:
+    """A case's test NLL under ``schedule`` minus under ``constant``, seed by seed (empty if either is missing)."""
+    runs = found["schedules"]
+    if schedule not in runs or "constant" not in runs:
+        return []
+    return [a - b for a, b in zip(runs[schedule]["test_nll"], runs["constant"]["test_nll"])]
+
+
 def table(results: dict) -> str:
     lines = ["# `flowkit fit`'s learning-rate schedule, measured", "",
              "Test NLL (nats, lower is better) per seed, with its mean; the difference from `constant` seed by "
@@ -105,21 +113,16 @@ def table(results: dict) -> str:
              "", "| data, model | schedule | test NLL per seed | mean | vs constant, per seed | epochs (best) "
              "| time per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for case, found in results["cases"].items():
-        base = found["schedules"].get("constant")
         for schedule, row in found["schedules"].items():
             nll = row["test_nll"]
-            diff = "" if base is None or schedule == "constant" else ", ".join(
-                f"{a - b:+.3f}" for a, b in zip(nll, base["test_nll"]))
+            diff = "" if schedule == "constant" else ", ".join(f"{d:+.3f}" for d in versus_constant(found, schedule))
             epochs = ", ".join(f"{e} ({b})" for e, b in zip(row["epochs"], row["best_epoch"]))
             lines.append(f"| {case} | {schedule} | {', '.join(f'{v:.3f}' for v in nll)} | "
                          f"{statistics.fmean(nll):.3f} | {diff} | {epochs} | "
                          f"{statistics.median(row['seconds']) / 60:.1f} min |")
     lines += [""]
     for schedule in SCHEDULES[1:]:
-        pairs = [(row["test_nll"], found["schedules"]["constant"]["test_nll"])
-                 for found in results["cases"].values() for name, row in found["schedules"].items()
-                 if name == schedule and "constant" in found["schedules"]]
-        diffs = [a - b for nll, base in pairs for a, b in zip(nll, base)]
+        diffs = [d for found in results["cases"].values() for d in versus_constant(found, schedule)]
         if diffs:
             same = sum(abs(d) <= 5e-4 for d in diffs)
             lines.append(f"- `{schedule}` against `constant`, over {len(diffs)} paired runs: better in "
