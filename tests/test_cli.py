@@ -130,6 +130,29 @@ def test_eval_sample_complete_on_a_digits_run(tmp_path, capsys):
     assert (run / "completions.png").read_bytes() == fitted  # the fit's own figure stays
 
 
+def test_threads_hold_for_the_command_only(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert main(fit_args(run, "--data", "two_moons", "--model", "maf", "--epochs", "1", "--hidden", "8",
+                         "--layers", "1")) == 0
+    assert main(["eval", "--run", str(run)]) == 0
+    plain = capsys.readouterr().out.splitlines()[-1]
+    before, calls = torch.get_num_threads(), []
+    real = torch.set_num_threads
+
+    def recording(count: int) -> None:
+        calls.append(count)
+        real(count)
+
+    monkeypatch.setattr(torch, "set_num_threads", recording)
+    other = 2 if before == 1 else 1
+    assert main(["eval", "--run", str(run), "--threads", str(other)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == plain
+    assert calls == [other, before] and torch.get_num_threads() == before
+    calls.clear()
+    assert main(["eval", "--run", str(run)]) == 0  # without the option, torch's count is left alone
+    assert calls == []
+
+
 def test_eval_sample_complete_on_a_toy_made_mog_run(tmp_path, capsys):
     run = tmp_path / "mog"
     assert main(fit_args(run, "--data", "rings", "--model", "made-mog", "--epochs", "1", "--hidden", "16",
@@ -223,6 +246,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
         "--fresh-masks apply to bernoulli, categorical and made-mog, not iaf": [
             "fit", "--data", "two_moons", "--model", "iaf", "--fresh-masks", "--out", str(tmp_path / "l")],
         "--ensemble needs mask sets": ["eval", "--run", str(maf_run), "--ensemble", "2"],
+        "--threads must be at least 1, got 0": ["eval", "--run", str(maf_run), "--threads", "0"],
     }
     for expected, argv in cases.items():
         with pytest.raises(SystemExit) if expected == "invalid choice" else contextlib.nullcontext() as done:
@@ -236,8 +260,8 @@ def test_every_subcommand_explains_its_options(capsys):
     for command, options in {
         "fit": ["--data", "--model", "--layers", "--components", "--bins", "--lr-schedule", "--clip", "--device",
                 "--resume", "--progress", "--patience", "--fresh-masks", "--residual-blocks", "--dropout",
-                "--linear", "--bound"],
-        "eval": ["--run", "--ensemble", "--split"],
+                "--linear", "--bound", "--threads"],
+        "eval": ["--run", "--ensemble", "--split", "--threads"],
         "sample": ["--run", "-n", "--out"],
         "complete": ["--run", "-n", "--samples"],
     }.items():

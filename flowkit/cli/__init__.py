@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from flowkit.cli.commands import _drawn_path as _drawn_path
 from flowkit.cli.commands import run_complete, run_data, run_eval, run_sample
 from flowkit.cli.errors import CommandError, Parser
@@ -61,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success; 2 for the user's mistakes (a bad option, data or file, any
     :class:`flowkit.FlowkitError`) and for errors of the operating system (a permission, a full
     disk), printed as one ``flowkit: error:`` line; 130 when interrupted (Ctrl-C), with one line saying
-    how to continue. Any other exception is a bug in flowkit and keeps its traceback.
+    how to continue. Any other exception is a bug in flowkit and keeps its traceback. ``--threads``
+    holds for the command only: the caller's thread count is restored when it returns.
     """
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
+        _set_threads(getattr(args, "threads", None))
         if args.command == "fit":
             _, lines = run_fit(args)
             text = "\n".join(lines)
@@ -87,6 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(without --overwrite)")
         print(f"flowkit: interrupted{how}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if torch.get_num_threads() != threads:  # a caller in the same process keeps its own
+            torch.set_num_threads(threads)
     if text:  # ranks other than 0 of a distributed fit report nothing
         print(text)
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    """Applies ``--threads`` (``None``: torch's default stays)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise CommandError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)

@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_complete(commands)
     _add_data(commands)
+    for name in ("fit", "eval", "sample", "complete"):
+        commands.choices[name].add_argument(
+            "--threads", type=int, default=None, metavar="N",
+            help="CPU threads torch may use (default: torch's, one per core). On a machine busy with other work, "
+            "fewer threads than free cores avoid OpenMP's waits: e.g. --threads 1 beside another run")
     return parser
 
 
