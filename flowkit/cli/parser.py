@@ -21,6 +21,7 @@ from flowkit.cli.registry import (
     fetchable,
     model_names,
 )
+from flowkit.train import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 __all__ = ["build_parser"]
 
@@ -142,11 +143,11 @@ def _add_training(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--patience", type=int, default=30, help="epochs without validation improvement before stopping")
     fit.add_argument("--batch-size", type=int, default=100, help="minibatch size")
     fit.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    fit.add_argument("--optimizer", choices=("adam", "adamw", "adagrad"), default="adam",
+    fit.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
                      help="adam (--weight-decay is an L2 penalty), adamw (decoupled weight decay) or adagrad (the "
                      "MADE authors' optimiser, used with --lr 0.01; --weight-decay is an L2 penalty)")
     fit.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
-    fit.add_argument("--lr-schedule", choices=("constant", "cosine", "plateau"), default=None,
+    fit.add_argument("--lr-schedule", choices=SCHEDULES, default=None,
                      help="learning rate schedule: plateau (halved after patience/2 epochs without a better "
                      "validation NLL; the default, and with --resume the run's own), constant, or cosine (annealed "
                      "to zero over --epochs)")
@@ -163,7 +164,7 @@ def _add_training(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--compile", action="store_true",
                      help="train through torch.compile of the minibatch loss: the first step compiles (about a "
                      "minute), then small flows train about twice as fast on a CPU")
-    fit.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    fit.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                      help="precision of the training forward passes: bf16 or fp16 run them under autocast (fp16 with "
                      "a gradient scaler), log-probabilities and log-determinants stay float32")
     fit.add_argument("--progress", action="store_true", help="show a progress bar")
