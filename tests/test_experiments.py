@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import flowkit
@@ -138,6 +139,35 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     monkeypatch.setattr(sys, "argv", [*argv, "--report"])
     made_mnist.main()
     assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["runs"] == results["runs"]
+
+
+def test_made_mnist_anneal_keeps_the_best_annealed_epoch_and_does_not_rerun(tmp_path, monkeypatch):
+    anneal = _load("made_mnist_anneal")
+    splits = _toy_splits(784, binary=True)
+    monkeypatch.setattr(anneal, "binarized_mnist", lambda seed: splits)
+    monkeypatch.setattr(anneal, "RUNS", [("1x500-m2", [8], 2, True)])
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["made_mnist_anneal.py", "--runs-dir", str(runs), "--out", str(out), "--only", "1x500-m2", "--epochs", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="made_mnist.py --only 1x500-m2"):  # no finished run to start from
+            anneal.main()
+        model = anneal.build([8], 2, True)
+        fit(model, splits.train, splits.valid, epochs=2, batch_size=100, ensemble=2, checkpoint=runs / "1x500-m2" /
+            "checkpoint.pt")
+        anneal.main()
+        row = json.loads((out / "made_mnist_anneal.json").read_text())["runs"]["1x500-m2"]
+        assert len(row["valid_curve"]) == 3 and row["best_epoch"] == 1 + int(np.argmin(row["valid_curve"]))
+        # the figures after are the best annealed epoch's, scored with the ensemble of both mask sets
+        assert abs(row["after"]["valid_nll"] - min(row["valid_curve"])) < 1e-3
+        assert row["after"]["valid_nll"] < row["before"]["valid_nll"]
+        assert "| 1x500-m2 | 2 |" in (out / "made_mnist_anneal.md").read_text()
+        (runs / "1x500-m2" / "checkpoint.pt").unlink()  # a finished probe is reported, not trained again
+        anneal.main()
+        assert json.loads((out / "made_mnist_anneal.json").read_text())["runs"]["1x500-m2"] == row
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, monkeypatch):
