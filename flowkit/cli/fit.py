@@ -49,15 +49,16 @@ def run_fit(args: argparse.Namespace) -> tuple[dict, list[str]]:
     from flowkit.train import fit
 
     _check_options(args)
-    args.lr_schedule = _lr_schedule(args)
-    distributed.setup(distributed.local_device(args.device or "cpu"))
     out = Path(args.out)
-    splits, info, notes, model_name = _fit_data(args)
+    saved = _read_config(out) if args.resume and (out / "config.json").is_file() else None  # read once
+    args.lr_schedule = _lr_schedule(args, saved)
+    distributed.setup(distributed.local_device(args.device or "cpu"))
+    splits, info, notes, model_name = _fit_data(args, saved)
     config = _fit_config(args, model_name, info)
     ensemble = args.masks if (args.masks > 1 or args.fresh_masks) and model_name in AUTOREGRESSIVE else None
     options = _training_options(args, ensemble)
     # Everything is checked before anything in --out is deleted or written.
-    state = _check_out(args, out, config, splits, options, notes)
+    state = _check_out(args, out, saved, config, splits, options, notes)
     model = build_model(config)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     main = distributed.is_main()
@@ -147,17 +148,18 @@ def _check_model_options(args: argparse.Namespace, model: str) -> None:
         raise CommandError(f"--bound applies to spline, not {model}")
 
 
-def _check_out(args: argparse.Namespace, out: Path, config: dict[str, Any], splits: Any, options: dict[str, Any],
-               notes: list[str]) -> str:
+def _check_out(args: argparse.Namespace, out: Path, saved: dict[str, Any] | None, config: dict[str, Any],
+               splits: Any, options: dict[str, Any], notes: list[str]) -> str:
     """The state of ``--out`` (:func:`run_state`), once it allows this fit; with ``--resume``, also
-    checks the saved run and its checkpoint (and may keep the run's ``direct`` and ``linear`` in ``config``)."""
+    checks the saved run (``saved``, its config) and its checkpoint, and may keep the run's ``direct`` and
+    ``linear`` in ``config``."""
     from flowkit.train import check_resume
 
     state = run_state(out)
     if args.resume:
         if state != "run":
             raise CommandError(f"cannot resume: {out} holds no run (no config.json); fit without --resume")
-        saved = _read_config(out)
+        saved = saved if saved is not None else _read_config(out)  # without config.json: says so
         if args.direct is None:  # a run keeps the connection it was fitted with, whatever today's default
             config["direct"] = saved.get("direct", False)
         if args.linear is None:  # and its linear layers (spline runs before LU became their default had none)
@@ -180,13 +182,13 @@ def _check_out(args: argparse.Namespace, out: Path, config: dict[str, Any], spli
 # ---------------------------------------------------------------- the data, the config, the training options
 
 
-def _fit_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[str], str]:
+def _fit_data(args: argparse.Namespace, saved: dict[str, Any] | None) -> tuple[Any, dict[str, Any], list[str], str]:
     """The splits and description of ``--data``, the notes to print, and the model (``--model`` or the
-    default for the data), checked against the data and the model options."""
+    default for the data), checked against the data and the model options; a resumed run (``saved``, its
+    config) keeps the way its data was split."""
     from flowkit.cli.commands import load_streaming  # a large .npy file is read from the file as needed
 
-    saved = Path(args.out) / "config.json"
-    memmap = _read_config(Path(args.out)).get("split") == "memmap" if args.resume and saved.is_file() else None
+    memmap = None if saved is None else saved.get("split") == "memmap"
     splits, info, message = load_streaming(args.data, args.model, memmap=memmap,
                                            tensor_train=args.model in (None, "bernoulli"))
     notes = [] if message is None else [f"data: {message}"]
@@ -226,16 +228,15 @@ def _linear(args: argparse.Namespace, model_name: str) -> str | None:
     return None if args.linear == "none" else args.linear
 
 
-def _lr_schedule(args: argparse.Namespace) -> str:
+def _lr_schedule(args: argparse.Namespace, saved: dict[str, Any] | None) -> str:
     """``--lr-schedule``; else, resuming, the run's own (runs fitted before ``plateau`` became the default
     were ``constant``); else ``plateau``. In ``experiments/results/fit_schedule.md`` it is never worse
     than ``constant`` and 0.02 nats better on POWER; ``cosine`` does as well there and 0.01 better on
     digits, but it ties the schedule to ``--epochs``, which ``--resume`` then cannot extend."""
     if args.lr_schedule is not None:
         return args.lr_schedule
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.is_file():
-        return _read_config(Path(args.out)).get("training", {}).get("lr_schedule", "constant")
+    if saved is not None:
+        return saved.get("training", {}).get("lr_schedule", "constant")
     return "plateau"
 
 
