@@ -277,5 +277,5 @@ def test_the_recipes_page_quotes_the_committed_results():
     for name, quoted in [("spline, bound 3", "-0.45"), ("spline, bound 3, LU", "0.32"), ("spline, bound 15", "0.11")]:
         assert f"{spline[name]['test_log_likelihood']:.2f}" == quoted and quoted in page
     mnist = json.loads((results / "made_mnist.json").read_text())["runs"]
-    for name in ("1x8000-m1", "1x8000-m1-d3", "1x8000-m1-d5"):
+    for name in ("1x8000-m1", "1x8000-m1-d3", "1x8000-m1-d5", "1x500-m1-adagrad", "1x500-m1-random"):
         assert f"{mnist[name]['test_nll_one_mask']:.2f}" in page
