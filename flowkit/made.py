@@ -163,7 +163,10 @@ class MADE(nn.Module):
         order_agnostic: whether mask sets ``1..R-1`` draw their own random ordering.
         hidden_degrees: ``"random"`` (the paper's rule) or ``"even"`` (deterministic).
         columns_per_feature: the number of input columns each feature owns.
-        direct: whether to add the direct input-to-output connection :math:`A \odot M^A`.
+        direct: whether to add the direct input-to-output connection :math:`A \odot M^A`. Its
+            weights are ``(features * num_params, features * columns_per_feature)``: quadratic in
+            the categories of a categorical MADE (784 features of 4 categories: 9.8 million, of
+            256: 40 billion, refused as larger than the machine's memory).
         residual_blocks: the number :math:`K` of residual blocks after the first hidden layer;
             0 for the plain MADE.
         dropout: the probability :math:`p \in [0, 1)` of dropping a hidden activation in training.
@@ -256,7 +259,9 @@ class MADE(nn.Module):
         mask_seed = int(torch.randint(2**62, ())) if seed is None else seed
         generator = torch.Generator()
         generator.manual_seed(mask_seed)
-        orders, mask_sets, directs = self._draw_mask_sets(order, num_masks, generator)
+        _check_size(features * columns_per_feature + context_features, hidden, residual_blocks, features * num_params,
+                    num_masks, direct)
+        orders, mask_sets, directs = self._draw_mask_sets(order, num_masks, generator, direct)
         self.register_buffer("orders", torch.stack(orders))
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
         self.register_buffer("mask_seed", torch.tensor(mask_seed, dtype=torch.long))
@@ -269,8 +274,9 @@ class MADE(nn.Module):
         self.register_load_state_dict_post_hook(_sync_index)
         self._audit(mask_sets, directs if direct else None, strict)
 
-    def _draw_mask_sets(self, order: M.OrderSpec, num_masks: int, generator: torch.Generator) -> tuple:
-        """The orderings, masks and direct masks of every mask set, drawn from ``generator``."""
+    def _draw_mask_sets(self, order: M.OrderSpec, num_masks: int, generator: torch.Generator, direct: bool) -> tuple:
+        """The orderings, masks and direct masks (``None`` without ``direct``) of every mask set, drawn from
+        ``generator``."""
         first = M.ordering(self.features, order, generator=generator)
         orders, mask_sets, directs = [], [], []
         for r in range(num_masks):
@@ -278,7 +284,7 @@ class MADE(nn.Module):
             masks, direct_mask = M.made_masks(
                 o, self.hidden_features, num_params=self.num_params, columns_per_feature=self.columns_per_feature,
                 context_features=self.context_features, rule=self.degree_rule, generator=generator,
-                residual_blocks=self.residual_blocks,
+                residual_blocks=self.residual_blocks, direct=direct,
             )
             orders.append(o)
             mask_sets.append(masks)
@@ -402,9 +408,10 @@ class MADE(nn.Module):
         for linear, mask in zip(self._masked_linears(), [*masks, direct]):
             linear.masks[index].copy_(mask)
 
-    def key_masks(self, key: int) -> tuple[Tensor, list[Tensor], Tensor]:
+    def key_masks(self, key: int) -> tuple[Tensor, list[Tensor], Tensor | None]:
         """The ordering, the masks of :attr:`layers` and blocks in the order the input meets
-        them, and the direct mask of ``key`` (see :meth:`draw_masks`), without installing them."""
+        them, and the direct mask of ``key`` (``None`` without a direct connection; see
+        :meth:`draw_masks`), without installing them."""
         generator = M.key_generator(int(self.mask_seed), key)
         if self.order_agnostic:
             order = M.ordering(self.features, "random", generator=generator)
@@ -413,7 +420,7 @@ class MADE(nn.Module):
         masks, direct = M.made_masks(
             order, self.hidden_features, num_params=self.num_params, columns_per_feature=self.columns_per_feature,
             context_features=self.context_features, rule=self.degree_rule, generator=generator,
-            residual_blocks=self.residual_blocks,
+            residual_blocks=self.residual_blocks, direct=self.direct is not None,
         )
         return order, masks, direct
 
@@ -531,6 +538,38 @@ def _activation(factory: Callable[[], nn.Module]) -> nn.Module:
             f"expected activation() to return a torch.nn.Module, got {type(module).__name__}"
         )
     return module
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, where the system says (``None`` elsewhere)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_size(inputs: int, hidden: list[int], residual_blocks: int, outputs: int, num_masks: int,
+                direct: bool) -> None:
+    """Refuses, before anything is allocated, a MADE whose weights and masks (a float and ``num_masks``
+    booleans per connection) alone would not fit in this machine's memory, saying what to change."""
+    memory = _memory_bytes()
+    if memory is None:
+        return
+    widths = [inputs, *hidden, *[hidden[-1]] * (2 * residual_blocks), outputs]
+    per_connection = torch.get_default_dtype().itemsize + num_masks
+    layers = sum(a * b for a, b in zip(widths, widths[1:])) * per_connection
+    connection = inputs * outputs * per_connection if direct else 0
+    if layers + connection <= memory:
+        return
+    gib = 2.0**30
+    remedy = (f"the direct connection alone needs {connection / gib:.1f} GiB ({outputs} x {inputs} weights): pass "
+              "direct=False (flowkit fit: --no-direct)" if connection > layers else
+              "use narrower hidden layers, fewer mask sets or, for categories, fewer of them")
+    raise FlowkitValueError(
+        f"a MADE with {inputs} input columns, hidden widths {list(hidden)} and {outputs} outputs needs "
+        f"{(layers + connection) / gib:.1f} GiB for its weights and masks, more than this machine's "
+        f"{memory / gib:.1f} GiB of memory; {remedy}"
+    )
 
 
 def _caller_stacklevel() -> int:

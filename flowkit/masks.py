@@ -156,7 +156,8 @@ def made_masks(
     rule: DegreeRule = "random",
     generator: torch.Generator | None = None,
     residual_blocks: int = 0,
-) -> tuple[list[BoolTensor], BoolTensor]:
+    direct: bool = True,
+) -> tuple[list[BoolTensor], BoolTensor | None]:
     r"""All masks of one MADE mask set.
 
     The network's input is ``features * columns_per_feature`` columns (feature ``i`` owns columns
@@ -175,7 +176,9 @@ def made_masks(
     Returns:
         ``(masks, direct)``: the masks of the ``len(hidden_features) + 2K + 1`` layers in the
         order the input meets them, each of shape ``(out_units, in_units)``, and the mask of the
-        direct input-to-output connection, of shape ``(features * num_params, in_columns)``.
+        direct input-to-output connection, of shape ``(features * num_params, in_columns)`` (``None``
+        with ``direct=False``: it is quadratic in the columns, and a categorical MADE over many
+        categories could not hold it).
 
     Example:
         >>> masks, direct = made_masks(torch.arange(3), [4], rule="even")
@@ -215,7 +218,7 @@ def made_masks(
     masks.extend(hidden_mask(below, below) for _ in range(2 * residual_blocks))
     outputs = degrees.repeat_interleave(num_params)
     masks.append(output_mask(outputs, below))
-    return masks, output_mask(outputs, inputs)
+    return masks, output_mask(outputs, inputs) if direct else None
 
 
 def connectivity(
@@ -232,11 +235,8 @@ def connectivity(
         >>> connectivity(masks, 2).int().tolist()
         [[0, 1], [0, 0]]
     """
-    paths = masks[0][:, : features * columns_per_feature].double()
-    for mask in masks[1:]:
-        paths = (mask.double() @ paths).clamp(max=1.0)
-    grouped = paths.reshape(features, -1, features, columns_per_feature)
-    return grouped.amax(dim=(1, 3)) > 0
+    first = masks[0][:, : features * columns_per_feature]
+    return _reach(masks, features, first.reshape(len(first), features, columns_per_feature).any(dim=2))
 
 
 def context_connectivity(
@@ -249,10 +249,24 @@ def context_connectivity(
         >>> context_connectivity(masks, 3).tolist()
         [True, True, True]
     """
-    paths = masks[0][:, features * columns_per_feature :].double()
-    for mask in masks[1:]:
+    return _reach(masks, features, masks[0][:, features * columns_per_feature :]).any(dim=1)
+
+
+def _reach(masks: Sequence[Tensor], features: int, sources: Tensor) -> BoolTensor:
+    """``(features, n)``: whether a path of unmasked weights leads from each of ``n`` sources to an
+    output row of each feature, where ``sources`` (``(units of the first layer, n)``) is the first
+    mask with its columns already grouped into the sources. Grouping the columns before the chain
+    and the output rows (each feature's are consecutive) before the last product keeps every
+    product small: a categorical MADE over 256 categories has 256 columns and rows per feature."""
+    def by_feature(rows: Tensor) -> Tensor:
+        return rows.reshape(features, -1, rows.shape[-1]).any(dim=1)
+
+    if len(masks) == 1:
+        return by_feature(sources)
+    paths = sources.double()
+    for mask in masks[1:-1]:
         paths = (mask.double() @ paths).clamp(max=1.0)
-    return paths.reshape(features, -1).amax(dim=1) > 0
+    return (by_feature(masks[-1]).double() @ paths) > 0
 
 
 def allowed_connectivity(order: Tensor) -> BoolTensor:

@@ -220,6 +220,8 @@ def test_fit_trains_with_the_optimizer_asked_for_and_records_it(optimizer, tmp_p
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     continuous = tmp_path / "x.npy"
     np.save(continuous, np.random.default_rng(0).normal(size=(50, 3)))
+    wide = tmp_path / "levels.npy"  # 3000 features of 256 levels: categorical data, the direct connection by default
+    np.save(wide, np.random.default_rng(0).integers(0, 256, size=(50, 3000)))
     maf_run = tmp_path / "maf"
     assert main(fit_args(maf_run, "--data", "two_moons", "--model", "maf", "--epochs", "1", "--hidden", "8",
                          "--layers", "1")) == 0
@@ -247,6 +249,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
             "fit", "--data", "two_moons", "--model", "iaf", "--fresh-masks", "--out", str(tmp_path / "l")],
         "--ensemble needs mask sets": ["eval", "--run", str(maf_run), "--ensemble", "2"],
         "--threads must be at least 1, got 0": ["eval", "--run", str(maf_run), "--threads", "0"],
+        "pass direct=False (flowkit fit: --no-direct)": ["fit", "--data", str(wide), "--out", str(tmp_path / "m")],
     }
     for expected, argv in cases.items():
         with pytest.raises(SystemExit) if expected == "invalid choice" else contextlib.nullcontext() as done:

@@ -731,6 +731,21 @@ def test_categorical_made_with_a_count_per_feature_is_exactly_normalised():
     assert torch.allclose(log_p, model.log_prob(draws), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::flowkit.ConnectivityWarning")
+def test_many_categories_build_without_the_direct_connection_and_are_refused_with_it():
+    # 784 features of 256 categories: 200,704 input columns and output rows. The layers' masks are small,
+    # the direct connection's (200,704 x 200,704) would not be: it was computed even with direct=False,
+    # and so was a (rows x columns) product in the connectivity audit, and both failed in torch's allocator
+    model = CategoricalMADE(784, 256, [4], seed=0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()  # every conditional uniform over its 256 categories
+        x = torch.randint(0, 256, (3, 784), generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(model.log_prob(x), torch.full((3,), -784 * np.log(256.0)))
+    with pytest.raises(flowkit.FlowkitValueError, match=r"direct connection alone needs .*pass direct=False"):
+        CategoricalMADE(3000, 256, [4], direct=True, seed=0)  # 2.7 TiB: refused before allocating
+
+
 def test_categorical_counts_are_checked():
     model = flowkit.CategoricalMADE(3, [2, 3, 2], [8], seed=0)
     with pytest.raises(flowkit.FlowkitValueError, match=r"categories of feature 2 in 0\.\.1, got values \[2\]"):

@@ -246,6 +246,24 @@ class TestConnectivity:
         expected = feature_paths(masks, D, P, C) > 0
         assert torch.equal(M.connectivity(masks, D, C), expected)
 
+    @pytest.mark.parametrize("seed", range(20))
+    def test_direct_mask_and_context_agree_with_integer_paths(self, seed):
+        config = random_config(seed)
+        _, masks, direct = build(config, seed)
+        D, P, C = config["features"], config["num_params"], config["columns_per_feature"]
+        assert torch.equal(M.connectivity([direct], D, C), feature_paths([direct], D, P, C) > 0)
+        paths = masks[0].long()
+        for mask in masks[1:]:
+            paths = mask.long() @ paths
+        from_context = paths[:, D * C:].reshape(D, P, -1).sum(dim=(1, 2)) > 0
+        assert torch.equal(M.context_connectivity(masks, D, C), from_context)
+
+    def test_without_the_direct_mask_the_layers_are_the_same(self):
+        order = M.ordering(5, "random", generator=seeded(3))
+        with_direct = M.made_masks(order, [9, 9], num_params=4, columns_per_feature=3, generator=seeded(0))
+        without = M.made_masks(order, [9, 9], num_params=4, columns_per_feature=3, generator=seeded(0), direct=False)
+        assert without[1] is None and all(torch.equal(a, b) for a, b in zip(with_direct[0], without[0], strict=True))
+
     @pytest.mark.parametrize("columns_per_feature", [1, 3])
     @pytest.mark.parametrize("context_features", [0, 2])
     @pytest.mark.parametrize("hidden", [[8], [6, 9], [7, 7, 7]])
