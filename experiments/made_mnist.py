@@ -239,9 +239,12 @@ def figure(results: dict, out: Path) -> None:
     left.set_ylabel("NLL, nats")
     left.legend(fontsize=7, loc="upper left")
     left.set_title("Figure 2: MADE 1x500, binarized MNIST", fontsize=9)
-    for name, r in results["runs"].items():
+    colours = plt.get_cmap("tab20")
+    for i, (name, r) in enumerate(results["runs"].items()):  # a line style per family, a colour per run
         epochs, _, valid = zip(*r["curve"])
-        right.plot(epochs, valid, label=name, lw=1)
+        family = "-." if name.startswith("1x8000") else ":" if name.endswith("-adagrad") else \
+            "--" if "-c" in name or name.startswith("2x") else "-"
+        right.plot(epochs, valid, family, label=name, lw=1, color=colours(i % 20))
     right.set_ylim(85, 110)
     right.set_xscale("log")  # Adam runs stop after 50-250 epochs, Adagrad ones run to 1000
     right.set_xlabel("epoch")
