@@ -555,7 +555,8 @@ def _check_size(inputs: int, hidden: list[int], residual_blocks: int, outputs: i
     memory = _memory_bytes()
     if memory is None:
         return
-    widths = [inputs, *hidden, *[hidden[-1]] * (2 * residual_blocks), outputs]
+    blocks = [hidden[-1]] * (2 * residual_blocks) if residual_blocks else []  # hidden may be empty
+    widths = [inputs, *hidden, *blocks, outputs]
     per_connection = torch.get_default_dtype().itemsize + num_masks
     layers = sum(a * b for a, b in zip(widths, widths[1:])) * per_connection
     connection = inputs * outputs * per_connection if direct else 0
