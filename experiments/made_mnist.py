@@ -205,7 +205,7 @@ def table(results: dict) -> str:
                  f"{r['test_nll_one_mask']:.2f} ± {r['test_nll_one_mask_se']:.2f}" if done else "still training",
                  f"{r['test_nll_ensemble']:.2f} ± {r['test_nll_ensemble_se']:.2f}" if "test_nll_ensemble" in r else "",
                  f"{r['best_valid_nll']:.2f}", f"{r['epochs']}" + (f" ({r['best_epoch']})" if done else " so far")
-                 + (", the cap" if done and r["epochs"] - r["best_epoch"] < results.get("patience", 30) else ""),
+                 + (", the cap" if done and r["epochs"] - r["best_epoch"] < results["patience"] else ""),
                  f"{r['seconds'] / 60:.0f} min"]
         rows.append(cells)
     header = ["run", "hidden", "masks", "orderings", "published anchor (architecture)", "test NLL, mask 0",
