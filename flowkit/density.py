@@ -347,7 +347,7 @@ class AutoregressiveDensity(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return self.made.layers[0].weight.dtype
+        return self.made.dtype
 
     def _zeros(self, shape: torch.Size) -> Tensor:
         dtype = self.head.value_dtype or self._dtype

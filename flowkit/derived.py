@@ -48,12 +48,16 @@ class Derived:
     def get(self, slot: Hashable, sources: Sequence[Tensor], build: Callable[[], T], context: Hashable = ()) -> T:
         """The value in ``slot`` if it was computed from ``sources`` as they are now and in
         ``context``; else ``build()``, kept in ``slot``."""
+        entry = self._entries.get(slot)
+        if entry is not None and entry[2] == context and len(entry[0]) == len(sources):
+            # a plain loop, not all(generator): this runs for every masked layer of every call
+            for kept, tensor, version in zip(entry[0], sources, entry[1]):
+                if kept is not tensor or tensor._version != version:
+                    break
+            else:
+                return entry[3]
         sources = tuple(sources)
         versions = tuple(tensor._version for tensor in sources)
-        entry = self._entries.get(slot)
-        if (entry is not None and entry[1] == versions and entry[2] == context
-                and len(entry[0]) == len(sources) and all(a is b for a, b in zip(entry[0], sources))):
-            return entry[3]
         value = build()
         self._entries[slot] = (sources, versions, context, value)
         return value

@@ -3,7 +3,6 @@ r"""The masked autoregressive network (MADE) that every flowkit model is built o
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import sys
 import warnings
@@ -79,7 +78,9 @@ class MaskedLinear(nn.Linear):
         Kept between calls (a boolean mask would be converted in every product, forward and
         backward) while the masks, the weight's dtype and device and inference mode stay the same.
         """
-        masks, dtype = self.masks, self.weight.dtype
+        return self._mask(index, self.masks, self.weight.dtype)
+
+    def _mask(self, index: int, masks: Tensor, dtype: torch.dtype) -> Tensor:
         if torch.compiler.is_compiling():
             return masks[index].to(dtype)
         context = (dtype, masks.device, torch.is_inference_mode_enabled())
@@ -87,12 +88,15 @@ class MaskedLinear(nn.Linear):
 
     def masked_weight(self, index: int = 0) -> Tensor:
         """The weight under mask set ``index``, shape ``(out_features, in_features)``."""
-        if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
+        # each parameter and buffer read once: nn.Module attribute lookups are a measurable part of
+        # a small network's call
+        weight, masks = self.weight, self.masks
+        if self.training or (weight.requires_grad and torch.is_grad_enabled()):
             self._derived.drop(("weight", index))
-            return self.weight * self.mask(index)
-        context = (self.weight.dtype, self.weight.device, torch.is_inference_mode_enabled())
-        return self._derived.get(("weight", index), (self.weight, self.masks),
-                                 lambda: self.weight * self.mask(index), context)
+            return weight * self._mask(index, masks, weight.dtype)
+        context = (weight.dtype, weight.device, torch.is_inference_mode_enabled())
+        return self._derived.get(("weight", index), (weight, masks),
+                                 lambda: weight * self._mask(index, masks, weight.dtype), context)
 
     def train(self, mode: bool = True) -> MaskedLinear:
         self._derived.drop()  # what is kept is never pickled (flowkit.derived)
@@ -352,6 +356,11 @@ class MADE(nn.Module):
         return self.orders[self._index]
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the network computes in: its weights'."""
+        return next(iter(self.layers)).weight.dtype
+
+    @property
     def in_features(self) -> int:
         """The number of input columns the network expects, context excluded."""
         return self.features * self.columns_per_feature
@@ -467,15 +476,17 @@ class MADE(nn.Module):
         h = self.inputs(x, context)
         index = self._index if mask is None else self.check_mask(mask)
         out = self.hidden(h, index, deterministic=deterministic)
-        out = self.layers[-1](out, index)
-        if self.direct is not None:
-            out = out + self.direct(h, index)
+        *_, output = self.layers  # unpacking a ModuleList is cheaper than indexing it
+        out = output(out, index)
+        direct = self.direct
+        if direct is not None:
+            out = out + direct(h, index)
         return out.unflatten(-1, (self.features, self.num_params))
 
     def inputs(self, x: Tensor, context: Tensor | None) -> Tensor:
         """Validates ``x`` and ``context`` and joins them into the network's input columns."""
         check_shape("x", x, self.in_features)
-        x = x.to(self.layers[0].weight.dtype)
+        x = x.to(self.dtype)
         check_finite("x", x)
         context = check_context(context, self.context_features, x.shape[:-1])
         if context is None:
@@ -492,15 +503,18 @@ class MADE(nn.Module):
         Dropout, if any, is applied to every activation in training mode unless ``deterministic``.
         """
         drop = self.dropout > 0 and self.training and not deterministic
+        activation = self.activation
         if self.blocks:
             h = self.layers[0](h, index)
             for first, second in self.blocks:
-                inner = self.activation(first(self._drop(self.activation(h), drop), index))
+                inner = activation(first(self._drop(activation(h), drop), index))
                 h = h + second(self._drop(inner, drop), index)
-            return self._drop(self.activation(h), drop)
-        # islice, not self.layers[:-1]: slicing a ModuleList builds a new ModuleList on every call
-        for layer in itertools.islice(self.layers, len(self.layers) - 1):
-            h = self._drop(self.activation(layer(h, index)), drop)
+            return self._drop(activation(h), drop)
+        *layers, _ = self.layers  # one pass over the ModuleList: indexing it costs more
+        for layer in layers:
+            h = activation(layer(h, index))
+            if drop:
+                h = self._drop(h, drop)
         return h
 
     def _drop(self, h: Tensor, drop: bool) -> Tensor:

@@ -84,6 +84,7 @@ def test_bench_train_script_runs(tmp_path, monkeypatch):
         "Bernoulli MADE": {"flowkit", "flowkit, validation off", "plain masked MLP", "nflows", "pyro", "zuko"},
         "affine MAF": {"flowkit", "flowkit, validation off", "nflows", "zuko", "normflows", "pyro"},
         "RQ spline MAF": {"flowkit", "flowkit, validation off", "nflows", "zuko", "pyro"},
+        "small affine MAF": {"flowkit", "flowkit, validation off", "nflows", "zuko", "normflows", "pyro"},
     }
     assert set(cases) == set(expected)
     for name, implementations in expected.items():
@@ -93,7 +94,7 @@ def test_bench_train_script_runs(tmp_path, monkeypatch):
         assert set(seconds["train step"]) == trained and set(seconds["eval log_prob"]) == implementations
         for figures in seconds.values():
             assert all(f["median"] > 0 and f["min"] > 0 for f in figures.values())
-    assert (tmp_path / "bench_train.md").read_text().count("| flowkit |") == 3
+    assert (tmp_path / "bench_train.md").read_text().count("| flowkit |") == 4
 
 
 def _toy_splits(features, rows=(240, 60, 60), binary=False):

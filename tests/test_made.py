@@ -495,6 +495,12 @@ class TestDtypes:
         assert out.dtype == torch.float64
         assert torch.equal(out, made(x.double(), context.double()))
 
+    def test_dtype_follows_the_weights(self):
+        made = MADE(4, [16], residual_blocks=1, seed=0)
+        assert made.dtype == torch.float32
+        assert made.double().dtype == torch.float64
+        assert made(torch.ones(2, 4)).dtype == torch.float64
+
 
 class TestErrors:
     @pytest.fixture

@@ -275,17 +275,19 @@ class MaskedAutoregressive(Transform):
         return self.made.features
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_features("x", x, self.features)
-        x = x.to(self.made.layers[0].weight.dtype)
-        params = self.made(x, context)
-        y, logabsdet = self.transformer(x.expand(*params.shape[:-2], self.features), params)
+        made = self.made
+        features = made.features
+        check_features("x", x, features)
+        x = x.to(made.dtype)
+        params = made(x, context)
+        y, logabsdet = self.transformer(x.expand(*params.shape[:-2], features), params)
         return y, logabsdet.sum(-1)
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_features("y", y, self.features)
         check_finite("y", y)
         check_context(context, self.made.context_features, y.shape[:-1])
-        y = y.to(self.made.layers[0].weight.dtype)
+        y = y.to(self.made.dtype)
         if context is not None:
             batch = broadcast_batch(y.shape[:-1], context.shape[:-1])
             y = y.expand(*batch, self.features)
