@@ -49,7 +49,7 @@ from flowkit.plot import save_image_grid  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
+from runs import advance, committed, curve, markdown_table, restore_best, still, unfinished  # noqa: E402
 
 warnings.filterwarnings("ignore", category=flowkit.ConnectivityWarning)
 # (name, hidden widths, masks, order-agnostic): Figure 2 first (mR: its own connectivity per mask set and a
@@ -202,7 +202,7 @@ def table(results: dict) -> str:
         hidden += f", {r['optimizer'].capitalize()} lr {r['lr']}" if r.get("optimizer") else ""
         cells = [name, hidden, str(r["masks"]), orderings,
                  f"{anchor} ({where})" if anchor else "",
-                 f"{r['test_nll_one_mask']:.2f} ± {r['test_nll_one_mask_se']:.2f}" if done else "still training",
+                 f"{r['test_nll_one_mask']:.2f} ± {r['test_nll_one_mask_se']:.2f}" if done else still(r),
                  f"{r['test_nll_ensemble']:.2f} ± {r['test_nll_ensemble_se']:.2f}" if "test_nll_ensemble" in r else "",
                  f"{r['best_valid_nll']:.2f}", f"{r['epochs']}" + (f" ({r['best_epoch']})" if done else " so far")
                  + (", the cap" if done and r["epochs"] - r["best_epoch"] < results["patience"] else ""),

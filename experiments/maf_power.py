@@ -62,7 +62,7 @@ from flowkit.data import load_power  # noqa: E402
 from flowkit.train import evaluate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runs import advance, committed, curve, markdown_table, restore_best, unfinished  # noqa: E402
+from runs import advance, committed, curve, markdown_table, restore_best, still, unfinished  # noqa: E402
 
 PUBLISHED = {"MADE": -3.08, "MADE MoG": 0.40, "MAF(5)": 0.14, "MAF(10)": 0.24, "MAF MoG(5)": 0.30,
              "NSF(AR), RQ": 0.66, "NSF-style, small": 0.66, "NSF-style, small, long": 0.66}
@@ -173,7 +173,7 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     rows = []
     for name, r in results["runs"].items():
         done = r.get("finished", True)
-        test = f"{r['test_log_likelihood']:.3f} ± {r['se']:.3f}" if done else "still training"
+        test = f"{r['test_log_likelihood']:.3f} ± {r['se']:.3f}" if done else still(r)
         epochs = f"{r['epochs']} ({r['best_epoch']})" if done else f"{r['epochs']} so far"
         rows.append([name, f"{PUBLISHED[name]:.2f}", test, f"{-r['best_valid_nll']:.3f}", epochs,
                      f"{r['seconds'] / 60:.0f} min"])

@@ -55,13 +55,21 @@ def unfinished(folder: Path) -> dict[str, Any]:
 
 
 def committed(results: Path) -> dict[str, dict[str, Any]]:
-    """The finished runs of a results JSON written by an earlier report (``{"runs": {name: entry}}``),
-    by name: what a report keeps for a run whose folder is not on this machine (a later session on
-    a new machine); unfinished ones are dropped, their curves being no longer readable."""
+    """The runs of a results JSON written by an earlier report (``{"runs": {name: entry}}``), by
+    name: what a report keeps for a run whose folder is not on this machine (a later session on a new
+    machine). An unfinished run keeps its learning curve and how far it got, marked
+    ``"stopped": True``: its checkpoint stayed on the earlier machine, and training it here would
+    start again."""
     if not results.exists():
         return {}
     runs = json.loads(results.read_text())["runs"]
-    return {name: entry for name, entry in runs.items() if entry.get("finished", True)}
+    return {name: entry if entry.get("finished", True) else {**entry, "stopped": True} for name, entry in runs.items()}
+
+
+def still(entry: dict[str, Any]) -> str:
+    """What a results table says in place of an unfinished run's test figure: it trains on from its
+    checkpoint on this machine, or it was stopped with an earlier machine (see :func:`committed`)."""
+    return "stopped, checkpoint lost" if entry.get("stopped") else "still training"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -196,14 +196,16 @@ def test_maf_power_reports_a_run_still_training_without_a_test_figure(tmp_path, 
     table = (tmp_path / "out" / "maf_power.md").read_text()
     assert "| MAF(5) | 0.14 | still training |" in table and "1 so far" in table
     assert (tmp_path / "out" / "maf_power.png").stat().st_size > 0
-    # on a machine without the run folders, a report keeps the finished results it finds committed
-    # and drops the unfinished ones, whose curves it can no longer read
+    # on a machine without the run folders, a report keeps what it finds committed: the finished
+    # results, and the unfinished run's curve and epochs, marked as stopped (its checkpoint is gone)
     for run in (tmp_path / "runs").iterdir():
         shutil.rmtree(run)
     monkeypatch.setattr(sys, "argv", [*argv, "--report"])
     maf_power.main()
     kept = json.loads((tmp_path / "out" / "maf_power.json").read_text())["runs"]
-    assert kept == {"MADE": finished}
+    assert kept == {"MADE": finished, "MAF(5)": {**running, "stopped": True}}
+    table = (tmp_path / "out" / "maf_power.md").read_text()
+    assert "| MAF(5) | 0.14 | stopped, checkpoint lost |" in table and "still training" not in table
 
 
 
