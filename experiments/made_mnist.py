@@ -20,7 +20,8 @@ Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flow
 and resumes from them: run the script again to continue. ``--budget-minutes`` stops cleanly (after
 the epoch under way) so that a session can commit what has finished. Results go to
 ``experiments/results/made_mnist.{json,md}``, ``made_mnist_masks.png`` (Figure 2, with the
-learning curves) and ``made_mnist_samples.png`` (Figure 3); an unfinished run is reported with its
+learning curves), ``made_mnist_samples.png`` (Figure 3) and ``made_mnist_categorical_samples.png``
+(the categorical model's samples, with ``--categorical``); an unfinished run is reported with its
 best validation NLL so far and the epochs it has had, never as a test figure.
 
     python experiments/made_mnist.py --budget-minutes 150        # continue every run, then report
@@ -155,10 +156,14 @@ def independent_nll(train: torch.Tensor, test: torch.Tensor, levels: int, smooth
     return -log_p.gather(1, test.T).sum(0).mean().item()
 
 
+def categorical_model(levels: int) -> flowkit.CategoricalMADE:
+    torch.manual_seed(0)
+    return flowkit.CategoricalMADE(784, levels, [500], direct=True, seed=0)
+
+
 def categorical_run(folder: Path, args, deadline: float) -> None:
     train_data, valid_data, test_data = quantised_mnist(args.levels)
-    torch.manual_seed(0)
-    model = flowkit.CategoricalMADE(784, args.levels, [500], direct=True, seed=0)
+    model = categorical_model(args.levels)
     if (folder / "result.json").exists() or not advance(model, train_data, valid_data, folder, deadline,
                                                          **recipe(args, 1)):
         return
@@ -188,10 +193,13 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     categorical = runs_dir / f"categorical-{args.levels}" / "result.json"
     if categorical.exists():
         row = json.loads(categorical.read_text())
+        train, _, test = quantised_mnist(row["levels"])
         if "independent_test_nll" not in row:  # a result written before the reference was recorded
-            train, _, test = quantised_mnist(row["levels"])
             row["independent_test_nll"] = independent_nll(train, test, row["levels"])
         results["categorical"] = row
+        model = categorical_model(row["levels"])
+        restore_best(model, categorical.parent)
+        save_samples(model, train, out / "made_mnist_categorical_samples.png", vmax=row["levels"] - 1)
     else:  # a new machine: keep the committed result, if there is one
         saved = out / "made_mnist.json"
         row = json.loads(saved.read_text()).get("categorical") if saved.exists() else None
@@ -205,11 +213,16 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
     if (one / "result.json").exists():
         model = build(hidden, masks, order_agnostic)
         restore_best(model, one)
-        samples = model.sample(10, generator=torch.Generator().manual_seed(0))
-        nearest = splits.train[torch.cdist(samples, splits.train).argmin(dim=1)]
-        save_image_grid(torch.stack([samples, nearest], 1).reshape(20, 784), out / "made_mnist_samples.png",
-                        (28, 28), columns=2, title="samples | nearest training image")
+        save_samples(model, splits.train, out / "made_mnist_samples.png")
     print(table(results))
+
+
+def save_samples(model: flowkit.AutoregressiveDensity, train: torch.Tensor, path: Path, vmax: float = 1.0) -> None:
+    """Figure 3: ten samples, each beside the training image nearest to it (Euclidean distance)."""
+    samples = model.sample(10, generator=torch.Generator().manual_seed(0)).double()
+    nearest = train[torch.cdist(samples, train.double()).argmin(dim=1)].double()
+    save_image_grid(torch.stack([samples, nearest], 1).reshape(20, 784), path, (28, 28), columns=2,
+                    title="samples | nearest training image", vmax=vmax)
 
 
 def table(results: dict) -> str:

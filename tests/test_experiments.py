@@ -162,6 +162,7 @@ def test_made_mnist_categorical_run_reports_its_reference(tmp_path, monkeypatch)
         by_hand -= sum(math.log(counts[int(v)] / sum(counts)) for v in test[:, d])
     assert row["independent_test_nll"] == pytest.approx(by_hand / len(test), rel=1e-9)
     assert "independent categorical pixels" in (tmp_path / "out" / "made_mnist.md").read_text()
+    assert (tmp_path / "out" / "made_mnist_categorical_samples.png").stat().st_size > 0
     shutil.rmtree(tmp_path / "runs")  # a new machine: the report keeps the committed result
     monkeypatch.setattr(sys, "argv", [*argv[:-3], "--report"])
     made_mnist.main()
