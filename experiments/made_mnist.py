@@ -20,8 +20,9 @@ Each run keeps its checkpoint and log in ``--runs-dir`` (default ``~/.cache/flow
 and resumes from them: run the script again to continue. ``--budget-minutes`` stops cleanly (after
 the epoch under way) so that a session can commit what has finished. Results go to
 ``experiments/results/made_mnist.{json,md}``, ``made_mnist_masks.png`` (Figure 2, with the
-learning curves), ``made_mnist_samples.png`` (Figure 3) and ``made_mnist_categorical_samples.png``
-(the categorical model's samples, with ``--categorical``); an unfinished run is reported with its
+learning curves), ``made_mnist_samples.png`` (Figure 3) and ``made_mnist_categorical-K_samples.png``
+(a categorical run's samples, with ``--categorical``; ``--no-direct`` trains it without the direct
+connection, ``categorical-K-nodirect``); an unfinished run is reported with its
 best validation NLL so far and the epochs it has had, never as a test figure.
 
     python experiments/made_mnist.py --budget-minutes 150        # continue every run, then report
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=600.0)
     parser.add_argument("--categorical", action="store_true", help="also train the categorical MADE")
     parser.add_argument("--levels", type=int, default=4, help="grey levels of the categorical run")
+    parser.add_argument("--no-direct", action="store_true",
+                        help="the categorical run without the direct input-to-output connection")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="train nothing; rewrite the results files")
     parser.add_argument("--out", default=str(RESULTS))
@@ -133,7 +136,7 @@ def main() -> None:
             print(name, f"not finished: {len(curve(folder))} epochs", flush=True)
 
     if args.categorical and time.time() < deadline:
-        categorical_run(runs_dir / f"categorical-{args.levels}", args, deadline)
+        categorical_run(runs_dir / categorical_name(args.levels, not args.no_direct), args, deadline)
     report(runs_dir, out, splits, args)
 
 
@@ -156,18 +159,22 @@ def independent_nll(train: torch.Tensor, test: torch.Tensor, levels: int, smooth
     return -log_p.gather(1, test.T).sum(0).mean().item()
 
 
-def categorical_model(levels: int) -> flowkit.CategoricalMADE:
+def categorical_name(levels: int, direct: bool) -> str:
+    return f"categorical-{levels}" + ("" if direct else "-nodirect")
+
+
+def categorical_model(levels: int, direct: bool) -> flowkit.CategoricalMADE:
     torch.manual_seed(0)
-    return flowkit.CategoricalMADE(784, levels, [500], direct=True, seed=0)
+    return flowkit.CategoricalMADE(784, levels, [500], direct=direct, seed=0)
 
 
 def categorical_run(folder: Path, args, deadline: float) -> None:
     train_data, valid_data, test_data = quantised_mnist(args.levels)
-    model = categorical_model(args.levels)
+    model = categorical_model(args.levels, not args.no_direct)
     if (folder / "result.json").exists() or not advance(model, train_data, valid_data, folder, deadline,
                                                          **recipe(args, 1)):
         return
-    row = {"levels": args.levels, **restore_best(model, folder)}
+    row = {"levels": args.levels, "direct": not args.no_direct, **restore_best(model, folder)}
     row["test_nll"], row["test_nll_se"] = evaluate(model, test_data)
     row["bits_per_dim"] = bits_per_dim(row["test_nll"], 784)
     row["independent_test_nll"] = independent_nll(train_data, test_data, args.levels)
@@ -190,21 +197,19 @@ def report(runs_dir: Path, out: Path, splits, args) -> None:
         result = folder / "result.json"
         entry.update(json.loads(result.read_text()) if result.exists() else unfinished(folder))
         results["runs"][name] = entry
-    categorical = runs_dir / f"categorical-{args.levels}" / "result.json"
-    if categorical.exists():
-        row = json.loads(categorical.read_text())
+    # the categorical runs: from their folders, else (a new machine) as committed
+    saved = out / "made_mnist.json"
+    results["categorical"] = json.loads(saved.read_text()).get("categorical", {}) if saved.exists() else {}
+    for result in sorted(runs_dir.glob("categorical-*/result.json")):
+        row = json.loads(result.read_text())
+        row.setdefault("direct", not result.parent.name.endswith("-nodirect"))  # written before it was recorded
         train, _, test = quantised_mnist(row["levels"])
-        if "independent_test_nll" not in row:  # a result written before the reference was recorded
+        if "independent_test_nll" not in row:  # likewise
             row["independent_test_nll"] = independent_nll(train, test, row["levels"])
-        results["categorical"] = row
-        model = categorical_model(row["levels"])
-        restore_best(model, categorical.parent)
-        save_samples(model, train, out / "made_mnist_categorical_samples.png", vmax=row["levels"] - 1)
-    else:  # a new machine: keep the committed result, if there is one
-        saved = out / "made_mnist.json"
-        row = json.loads(saved.read_text()).get("categorical") if saved.exists() else None
-        if row:
-            results["categorical"] = row
+        results["categorical"][result.parent.name] = row
+        model = categorical_model(row["levels"], row["direct"])
+        restore_best(model, result.parent)
+        save_samples(model, train, out / f"made_mnist_{result.parent.name}_samples.png", vmax=row["levels"] - 1)
     write_json(out / "made_mnist.json", results)
     write_text(out / "made_mnist.md", table(results))
     figure(results, out)
@@ -246,9 +251,9 @@ def table(results: dict) -> str:
     header = ["run", "hidden", "masks", "orderings", "published anchor (architecture)", "test NLL, mask 0",
               "test NLL, ensemble", "best valid NLL", "epochs (best)", "train time"]
     text = markdown_table(header, rows) + "\n"
-    c = results.get("categorical")
-    if c:
-        text += (f"\nCategorical MADE (1x500, direct) on MNIST quantised to {c['levels']} grey levels: test NLL "
+    for name, c in results.get("categorical", {}).items():
+        text += (f"\nCategorical MADE `{name}` (1x500, {'direct' if c['direct'] else 'no direct'} connection) on "
+                 f"MNIST quantised to {c['levels']} grey levels: test NLL "
                  f"{c['test_nll']:.2f} ± {c['test_nll_se']:.2f} nats, {c['bits_per_dim']:.3f} bits/dim "
                  f"({c['epochs']} epochs, best {c['best_epoch']}, {c['seconds'] / 60:.0f} min); independent "
                  f"categorical pixels: {c['independent_test_nll']:.2f} nats.\n")

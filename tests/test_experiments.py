@@ -142,7 +142,7 @@ def test_made_mnist_trains_resumably_under_a_budget_and_reports(tmp_path, monkey
     assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["runs"] == results["runs"]
 
 
-def test_made_mnist_categorical_run_reports_its_reference(tmp_path, monkeypatch):
+def test_made_mnist_categorical_runs_report_their_reference(tmp_path, monkeypatch):
     made_mnist = _load("made_mnist")
     parts = [torch.rand(n, 784, generator=torch.Generator().manual_seed(n)) for n in (120, 40, 40)]
     monkeypatch.setattr(made_mnist, "load_mnist", lambda: parts)
@@ -150,23 +150,31 @@ def test_made_mnist_categorical_run_reports_its_reference(tmp_path, monkeypatch)
     monkeypatch.setattr(made_mnist, "RUNS", [("1x500-m1", [8], 1, False)])  # not selected: --only none
     argv = ["made_mnist.py", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--epochs", "2",
             "--patience", "1", "--threads", "1", "--only", "none", "--categorical", "--levels", "3"]
-    monkeypatch.setattr(sys, "argv", argv)
-    made_mnist.main()
-    row = json.loads((tmp_path / "out" / "made_mnist.json").read_text())["categorical"]
-    assert row["levels"] == 3 and row["epochs"] <= 2 and math.isfinite(row["test_nll"])
+    for variant in ([], ["--no-direct"]):
+        monkeypatch.setattr(sys, "argv", [*argv, *variant])
+        made_mnist.main()
+    rows = json.loads((tmp_path / "out" / "made_mnist.json").read_text())["categorical"]
+    assert set(rows) == {"categorical-3", "categorical-3-nodirect"}
+    assert rows["categorical-3"]["direct"] and not rows["categorical-3-nodirect"]["direct"]
+    weights = torch.load(tmp_path / "runs" / "categorical-3-nodirect" / "checkpoint.pt", weights_only=True)
+    assert not any("direct" in key for key in weights["model"])
+    for row in rows.values():
+        assert row["levels"] == 3 and row["epochs"] <= 2 and math.isfinite(row["test_nll"])
     # the reference, counted by hand: each pixel's level frequencies in train, add-one smoothed
     train, _, test = ((part * 3).long().clamp(max=2) for part in parts)
     by_hand = 0.0
     for d in range(784):
         counts = [int((train[:, d] == k).sum()) + 1 for k in range(3)]
         by_hand -= sum(math.log(counts[int(v)] / sum(counts)) for v in test[:, d])
-    assert row["independent_test_nll"] == pytest.approx(by_hand / len(test), rel=1e-9)
-    assert "independent categorical pixels" in (tmp_path / "out" / "made_mnist.md").read_text()
-    assert (tmp_path / "out" / "made_mnist_categorical_samples.png").stat().st_size > 0
-    shutil.rmtree(tmp_path / "runs")  # a new machine: the report keeps the committed result
-    monkeypatch.setattr(sys, "argv", [*argv[:-3], "--report"])
+    assert rows["categorical-3"]["independent_test_nll"] == pytest.approx(by_hand / len(test), rel=1e-9)
+    table = (tmp_path / "out" / "made_mnist.md").read_text()
+    assert table.count("independent categorical pixels") == 2 and "no direct connection" in table
+    for name in rows:
+        assert (tmp_path / "out" / f"made_mnist_{name}_samples.png").stat().st_size > 0
+    shutil.rmtree(tmp_path / "runs")  # a new machine: the report keeps the committed results
+    monkeypatch.setattr(sys, "argv", [*argv, "--report"])
     made_mnist.main()
-    assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["categorical"] == row
+    assert json.loads((tmp_path / "out" / "made_mnist.json").read_text())["categorical"] == rows
 
 
 def test_made_mnist_anneal_keeps_the_best_annealed_epoch_and_does_not_rerun(tmp_path, monkeypatch):
