@@ -512,9 +512,7 @@ class MADE(nn.Module):
             return self._drop(activation(h), drop)
         *layers, _ = self.layers  # one pass over the ModuleList: indexing it costs more
         for layer in layers:
-            h = activation(layer(h, index))
-            if drop:
-                h = self._drop(h, drop)
+            h = self._drop(activation(layer(h, index)), drop)
         return h
 
     def _drop(self, h: Tensor, drop: bool) -> Tensor:
